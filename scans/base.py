@@ -1,0 +1,118 @@
+"""Scan patterns as data: an index map per feature-map size, plus gather (flatten) and scatter-add (merge)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+PAD = -1  # index-map value of a padding token: zero on input, output dropped on merge
+
+
+class ScanPattern:
+    """K one-dimensional token orders over an (H, W) map.
+
+    Subclasses define :meth:`build_index`. ``split_channels=False``: every sequence sees all C channels.
+    ``split_channels=True``: channel group k (``C // K`` contiguous channels) goes to sequence k only.
+    """
+
+    name: str = "pattern"
+    split_channels: bool = False
+
+    def __init__(self, num_sequences: int):
+        self.K = num_sequences
+
+    def build_index(self, H: int, W: int) -> torch.Tensor:
+        """``(K, L)`` int64 tensor of flat positions ``h * W + w`` (``PAD`` for padding tokens)."""
+        raise NotImplementedError
+
+    def index_map(self, H: int, W: int) -> torch.Tensor:
+        """Cached :meth:`build_index` for this size (on the CPU)."""
+        if H < 1 or W < 1:
+            raise ValueError(f"{self.name}: feature map must be at least 1x1, got {H}x{W}")
+        return _cached_index(self, int(H), int(W))
+
+    def sequence_length(self, H: int, W: int) -> int:
+        return self.index_map(H, W).shape[1]
+
+    def channels_per_sequence(self, channels: int) -> int:
+        if not self.split_channels:
+            return channels
+        if channels % self.K:
+            raise ValueError(f"{self.name}: {channels} channels cannot be split into {self.K} equal groups")
+        return channels // self.K
+
+    def _device_index(self, H: int, W: int, device: torch.device) -> torch.Tensor:
+        """Index map with ``PAD`` replaced by ``H * W`` (a zero slot appended to the flat map)."""
+        return _cached_device_index(self, int(H), int(W), device)
+
+    def flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` (any memory format) -> ``(B, K, C_k, L)``."""
+        if x.dim() != 4:
+            raise ValueError(f"{self.name}.flatten expects (B, C, H, W), got shape {tuple(x.shape)}")
+        batch, channels, H, W = x.shape
+        c_k = self.channels_per_sequence(channels)
+        index = self._device_index(H, W, x.device)
+        flat = torch.cat([x.reshape(batch, channels, H * W), x.new_zeros(batch, channels, 1)], dim=2)
+        if self.split_channels:
+            flat = flat.view(batch, self.K, c_k, H * W + 1)
+            return flat.gather(3, index[None, :, None, :].expand(batch, self.K, c_k, index.shape[1]))
+        return flat[:, :, index].transpose(1, 2)
+
+    def merge(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``(B, K, C_k, L)`` -> ``(B, C, H, W)``: each token's output added back at its position."""
+        H, W = size
+        index = self._device_index(H, W, y.device)
+        if y.dim() != 4 or y.shape[1] != self.K or y.shape[3] != index.shape[1]:
+            raise ValueError(f"{self.name}.merge expects (B, {self.K}, C_k, {index.shape[1]}) for a {H}x{W} map, "
+                             f"got {tuple(y.shape)}")
+        batch, _, c_k, length = y.shape
+        if self.split_channels:
+            out = y.new_zeros(batch, self.K, c_k, H * W + 1)
+            out = out.scatter_add(3, index[None, :, None, :].expand(batch, self.K, c_k, length), y)
+            return out[..., : H * W].reshape(batch, self.K * c_k, H, W)
+        out = y.new_zeros(batch, c_k, H * W + 1)
+        out = out.index_add(2, index.reshape(-1), y.transpose(1, 2).reshape(batch, c_k, self.K * length))
+        return out[..., : H * W].reshape(batch, c_k, H, W)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, K={self.K}, split_channels={self.split_channels})"
+
+
+@lru_cache(maxsize=256)
+def _cached_index(pattern: ScanPattern, H: int, W: int) -> torch.Tensor:
+    index = pattern.build_index(H, W).to(torch.int64)
+    if index.dim() != 2 or index.shape[0] != pattern.K:
+        raise AssertionError(f"{pattern.name}: index map must be (K={pattern.K}, L), got {tuple(index.shape)}")
+    return index
+
+
+@lru_cache(maxsize=256)
+def _cached_device_index(pattern: ScanPattern, H: int, W: int, device: torch.device) -> torch.Tensor:
+    index = pattern.index_map(H, W).clone()
+    index[index == PAD] = H * W
+    return index.to(device)
+
+
+# --- building blocks for index maps ------------------------------------------------------------------
+
+def grid(H: int, W: int) -> torch.Tensor:
+    """``(H, W)`` tensor of flat positions."""
+    return torch.arange(H * W).view(H, W)
+
+
+def row_major(H: int, W: int) -> torch.Tensor:
+    return grid(H, W).reshape(-1)
+
+
+def column_major(H: int, W: int) -> torch.Tensor:
+    return grid(H, W).t().reshape(-1)
+
+
+def pad_grid(positions: torch.Tensor, multiple_h: int, multiple_w: int) -> torch.Tensor:
+    """Pad an ``(H, W)`` position grid at the bottom/right with ``PAD`` up to the given multiples."""
+    H, W = positions.shape
+    Hp, Wp = -(-H // multiple_h) * multiple_h, -(-W // multiple_w) * multiple_w
+    out = torch.full((Hp, Wp), PAD, dtype=positions.dtype)
+    out[:H, :W] = positions
+    return out

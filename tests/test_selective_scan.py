@@ -1,0 +1,167 @@
+"""kernels.selective_scan: chunked vs the sequential reference, gradients, dtypes and input errors."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import kernels
+
+
+def make_inputs(batch=2, groups=2, d=3, n=4, length=7, dtype=torch.float32, a_scale=1.0, requires_grad=False):
+    channels = groups * d
+    t = dict(
+        u=torch.randn(batch, channels, length),
+        delta=torch.randn(batch, channels, length) * 0.5,
+        A=-torch.rand(channels, n) * a_scale - 0.01,
+        B=torch.randn(batch, groups, n, length),
+        C=torch.randn(batch, groups, n, length),
+        D=torch.randn(channels),
+        delta_bias=torch.randn(channels) * 0.5,
+    )
+    t = {k: v.to(dtype) for k, v in t.items()}
+    if requires_grad:
+        for v in t.values():
+            v.requires_grad_(True)
+    return t
+
+
+@pytest.mark.parametrize("length", [1, 7, 64, 1000])
+@pytest.mark.parametrize("n", [1, 16])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_chunked_matches_reference_forward_and_grad(length, n, groups):
+    inputs = make_inputs(batch=1, groups=groups, d=2, n=n, length=length, requires_grad=True)
+    outs, grads = [], []
+    for backend in ("reference", "chunked"):
+        y = kernels.selective_scan(**inputs, backend=backend)
+        (g_y,) = [torch.linspace(-1, 1, y.numel()).view_as(y)]
+        grads.append(torch.autograd.grad(y, list(inputs.values()), g_y))
+        outs.append(y.detach())
+    scale = outs[0].abs().max().clamp_min(1)
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5 * scale
+    for name, g_ref, g_chk in zip(inputs, *grads):
+        tol = 1e-4 * g_ref.abs().max().clamp_min(1)
+        assert (g_ref - g_chk).abs().max() <= tol, name
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_gradcheck_float64(backend):
+    inputs = make_inputs(batch=1, groups=2, d=2, n=3, length=9, dtype=torch.float64, requires_grad=True)
+    fn = lambda *args: kernels.selective_scan(*args, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, tuple(inputs.values()))
+
+
+def naive_scan(u, delta, A, B, C, D, delta_bias):
+    """Scalar loops straight from the definition, float64."""
+    u, delta, A, B, C, D, delta_bias = (t.double() for t in (u, delta, A, B, C, D, delta_bias))
+    batch, channels, length = u.shape
+    groups, n = B.shape[1], B.shape[2]
+    per_group = channels // groups
+    y = torch.zeros_like(u)
+    for b in range(batch):
+        for c in range(channels):
+            g = c // per_group
+            h = torch.zeros(n, dtype=torch.float64)
+            for t in range(length):
+                dt = torch.nn.functional.softplus(delta[b, c, t] + delta_bias[c])
+                h = torch.exp(dt * A[c]) * h + dt * B[b, g, :, t] * u[b, c, t]
+                y[b, c, t] = (C[b, g, :, t] * h).sum() + D[c] * u[b, c, t]
+    return y
+
+
+def test_reference_matches_definition():
+    inputs = make_inputs(batch=2, groups=2, d=2, n=3, length=6, dtype=torch.float64)
+    y = kernels.selective_scan(**inputs, backend="reference")
+    assert torch.allclose(y, naive_scan(**inputs), atol=1e-12)
+
+
+def test_long_sequence_strongly_negative_A_is_stable():
+    inputs = make_inputs(batch=1, groups=1, d=2, n=16, length=3000, a_scale=200.0)
+    inputs["delta"] += 3.0
+    y_ref = kernels.selective_scan(**inputs, backend="reference")
+    y_chk = kernels.selective_scan(**inputs, backend="chunked")
+    assert torch.isfinite(y_chk).all()
+    assert torch.allclose(y_ref, y_chk, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16, 200])
+def test_chunk_length_does_not_change_result(chunk):
+    from kernels.chunked import selective_scan_chunked
+    inputs = make_inputs(batch=2, groups=2, d=2, n=4, length=50, dtype=torch.float64)
+    y_ref = kernels.selective_scan(**inputs, backend="reference")
+    assert torch.allclose(selective_scan_chunked(**inputs, chunk=chunk), y_ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_low_precision_inputs_use_fp32_state(dtype, tol):
+    inputs = make_inputs(batch=1, groups=2, d=4, n=16, length=300)
+    low = {k: v.to(dtype) for k, v in inputs.items()}
+    y_exact = kernels.selective_scan(**{k: v.to(dtype).double() for k, v in inputs.items()}, backend="reference")
+    y = kernels.selective_scan(**low, backend="chunked")
+    assert y.dtype == dtype
+    assert torch.allclose(y.double(), y_exact, atol=tol * y_exact.abs().max().item(), rtol=0)
+
+
+def test_optional_D_bias_and_softplus():
+    inputs = make_inputs(dtype=torch.float64)
+    u, delta = inputs["u"], inputs["delta"]
+    y = kernels.selective_scan(u, delta.abs(), inputs["A"], inputs["B"], inputs["C"], delta_softplus=False)
+    zeros = torch.zeros(u.shape[1], dtype=torch.float64)
+    # delta_softplus=False with |delta| equals softplus(x) for x = log(exp(|delta|) - 1)
+    pre = torch.log(torch.expm1(delta.abs()))
+    y2 = kernels.selective_scan(u, pre, inputs["A"], inputs["B"], inputs["C"], zeros, zeros)
+    assert torch.allclose(y, y2, atol=1e-10)
+    y3 = kernels.selective_scan(**inputs, backend="chunked")
+    y4 = kernels.selective_scan(u, delta, inputs["A"], inputs["B"], inputs["C"], D=None,
+                                delta_bias=inputs["delta_bias"], backend="chunked")
+    assert torch.allclose(y3 - y4, inputs["D"][:, None] * u, atol=1e-10)
+
+
+def test_auto_picks_chunked_on_cpu():
+    assert kernels.resolve_backend("auto", torch.device("cpu")) == "chunked"
+    assert {"auto", "reference", "chunked"} <= set(kernels.list_backends())
+
+
+def test_unknown_backend_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid: auto.*chunked.*reference"):
+        kernels.selective_scan(**make_inputs(), backend="cuda_magic")
+
+
+@pytest.mark.parametrize("name,bad,match", [
+    ("u", torch.randn(2, 6), "u and delta"),
+    ("delta", torch.randn(2, 6, 8), "u and delta"),
+    ("A", torch.randn(5, 4), "A must be"),
+    ("B", torch.randn(2, 2, 4, 8), "B and C"),
+    ("C", torch.randn(2, 2, 3, 7), "B and C"),
+    ("B", torch.randn(2, 4, 4, 7), "not divisible"),
+    ("D", torch.randn(7), "D must be"),
+    ("delta_bias", torch.randn(6, 1), "delta_bias must be"),
+])
+def test_bad_shapes_name_the_offending_shapes(name, bad, match):
+    inputs = make_inputs()
+    inputs[name] = bad
+    if name == "B":
+        inputs["C"] = bad.clone()
+    with pytest.raises(ValueError, match=match) as err:
+        kernels.selective_scan(**inputs)
+    assert f"{name}={tuple(bad.shape)}" in str(err.value)
+
+
+def test_bad_dtypes():
+    inputs = make_inputs()
+    with pytest.raises(TypeError, match="share a dtype"):
+        kernels.selective_scan(**{**inputs, "delta": inputs["delta"].double()})
+    with pytest.raises(TypeError, match="floating-point"):
+        kernels.selective_scan(**{**inputs, "u": inputs["u"].long()})
+
+
+def test_flop_counter_uses_paper_formula():
+    inputs = make_inputs(batch=2, groups=4, d=3, n=16, length=10)
+    with FlopCounterMode(display=False) as counter:
+        kernels.selective_scan(**inputs)
+    batch, channels, length, n = 2, 12, 10, 16
+    assert counter.get_total_flops() == 9 * batch * length * channels * n + batch * channels * length
+
+
+def test_fake_tensor_shapes_under_meta():
+    inputs = {k: v.to("meta") for k, v in make_inputs().items()}
+    y = kernels.selective_scan(**inputs)
+    assert y.device.type == "meta" and y.shape == inputs["u"].shape
