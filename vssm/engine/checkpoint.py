@@ -1,0 +1,115 @@
+"""Atomic checkpoints, RNG state capture, and loading of ours or official weights."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: Dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"].cpu() if hasattr(st["torch"], "cpu") else st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"].cpu())
+
+
+def load(path: str) -> Dict[str, Any]:
+    # our checkpoints hold numpy RNG state and plain python objects, hence weights_only=False;
+    # only load checkpoints you trust.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def extract_state_dict(ckpt: Any, prefer_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """Weights from ours ({'model', 'ema'}) or official layouts ({'model'}, {'state_dict'}, raw)."""
+    if not isinstance(ckpt, dict):
+        raise ValueError("checkpoint is not a dict")
+    order = (["ema", "model_ema", "state_dict_ema"] if prefer_ema else []) + ["model", "state_dict", "module"]
+    sd = None
+    for k in order:
+        if isinstance(ckpt.get(k), dict) and ckpt[k]:
+            sd = ckpt[k]
+            break
+    if sd is None:
+        if prefer_ema:
+            raise ValueError("checkpoint has no EMA weights (keys: %s)" % ", ".join(map(str, list(ckpt)[:10])))
+        sd = ckpt
+    out = {}
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            continue
+        for pre in ("module.", "_orig_mod."):
+            if k.startswith(pre):
+                k = k[len(pre):]
+        out[k] = v
+    if not out:
+        raise ValueError("checkpoint contains no tensors")
+    return out
+
+
+def load_weights(model: torch.nn.Module, ckpt: Any, prefer_ema: bool = False, strict: bool = False,
+                 log=print) -> Dict[str, Any]:
+    """Load weights into ``model``: applies the model module's ``checkpoint_filter_fn`` when it exists
+    (official key layouts), drops tensors whose shape differs (e.g. a classifier for another number of
+    classes) and reports what was missing/unexpected."""
+    sd = extract_state_dict(ckpt, prefer_ema)
+    mod = sys.modules.get(type(model).__module__)
+    filt = getattr(mod, "checkpoint_filter_fn", None)
+    if callable(filt):
+        try:
+            sd = filt(sd, model)
+        except Exception as e:  # filter written for another layout: use keys as they are
+            log(f"checkpoint_filter_fn of {mod.__name__} failed ({e}); loading keys as-is")
+    own = model.state_dict()
+    mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    for k in mismatched:
+        sd.pop(k)
+    res = model.load_state_dict(sd, strict=False)
+    info = {"missing": list(res.missing_keys), "unexpected": list(res.unexpected_keys), "shape_mismatch": mismatched}
+    if strict and (info["missing"] or info["unexpected"] or mismatched):
+        raise ValueError(f"checkpoint does not match the model: {len(info['missing'])} missing "
+                         f"(e.g. {info['missing'][:3]}), {len(info['unexpected'])} unexpected "
+                         f"(e.g. {info['unexpected'][:3]}), shape mismatch {mismatched[:3]}")
+    if info["missing"] or info["unexpected"] or mismatched:
+        log(f"loaded weights: {len(info['missing'])} missing, {len(info['unexpected'])} unexpected, "
+            f"{len(mismatched)} shape-mismatched keys (e.g. {(info['missing'] + mismatched)[:4]})")
+    return info

@@ -1,0 +1,151 @@
+"""Data pipeline: ImageFolder datasets with timm transforms, distributed samplers, mixup and loss.
+
+Training augmentation is made a pure function of (seed, epoch, sample index): each sample reseeds the
+random generators before its transform runs.  Results therefore do not depend on the number of
+workers or on whether a run was resumed, and ``--resume`` reproduces an uninterrupted run.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_norm(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> Tuple[tuple, tuple]:
+    d = cfg["data"]
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(d["mean"]) if d["mean"] is not None else tuple(pcfg.get("mean", IMAGENET_MEAN))
+    std = tuple(d["std"]) if d["std"] is not None else tuple(pcfg.get("std", IMAGENET_STD))
+    return mean, std
+
+
+def build_transforms(cfg: Dict[str, Any], mean, std, is_training: bool):
+    from timm.data import create_transform
+    d, a = cfg["data"], cfg["aug"]
+    if not is_training:
+        return create_transform(d["img_size"], is_training=False, interpolation=d["interpolation"],
+                                mean=mean, std=std, crop_pct=d["crop_pct"])
+    return create_transform(
+        d["img_size"], is_training=True,
+        scale=tuple(a["scale"]), ratio=tuple(a["ratio"]), hflip=a["hflip"],
+        color_jitter=a["color_jitter"] or 0.0, auto_augment=a["auto_augment"] or None,
+        interpolation=d["interpolation"], mean=mean, std=std,
+        re_prob=a["re_prob"], re_mode=a["re_mode"], re_count=a["re_count"])
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset; items are fetched by (epoch, index) with RNGs seeded from (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def _sample_seed(self, epoch: int, index: int) -> int:
+        # a simple integer mix; distinct (seed, epoch, index) give distinct 63-bit seeds
+        x = (self.seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB)
+        x ^= x >> 29
+        return x & 0x7FFFFFFFFFFFFFFF
+
+    def __getitem__(self, key):
+        epoch, index = key
+        s = self._sample_seed(int(epoch), int(index))
+        if get_worker_info() is not None:    # worker process: its RNG streams are ours to set
+            return self._fetch(index, s)
+        # main process (workers=0): keep the training process' own RNG streams untouched
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return self._fetch(index, s)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+    def _fetch(self, index, s):
+        random.seed(s)
+        np.random.seed(s % (2 ** 32))
+        torch.manual_seed(s)
+        return self.dataset[index]
+
+
+class DistributedEvalSampler(DistributedSampler):
+    """DistributedSampler for evaluation without padding: every sample is seen exactly once overall."""
+
+    def __init__(self, dataset, num_replicas=None, rank=None):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(self.dataset), self.num_replicas))
+        self.total_size = len(self.dataset)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class EpochIndexSampler(Sampler):
+    """Yields (epoch, index) pairs from a DistributedSampler, for :class:`SeededDataset`."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator:
+        e = self.epoch
+        return ((e, i) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+def build_train_loader(cfg: Dict[str, Any], root: str, mean, std, rank: int, world: int, device_is_cuda: bool):
+    from torchvision.datasets import ImageFolder
+    d, t = cfg["data"], cfg["train"]
+    ds = ImageFolder(root, transform=build_transforms(cfg, mean, std, True))
+    micro = t["batch_size"] // (world * t["accum_steps"])
+    base = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"], drop_last=True)
+    sampler = EpochIndexSampler(base)
+    workers = d["workers"]
+    loader = DataLoader(SeededDataset(ds, t["seed"]), batch_size=micro, sampler=sampler, drop_last=True,
+                        num_workers=workers, pin_memory=bool(d["pin_memory"] and device_is_cuda),
+                        persistent_workers=bool(d["persistent_workers"] and workers > 0),
+                        prefetch_factor=(4 if workers > 0 else None))
+    return ds, loader
+
+
+def build_val_loader(cfg: Dict[str, Any], root: str, mean, std, rank: int, world: int, device_is_cuda: bool,
+                     batch_size: Optional[int] = None, workers: Optional[int] = None):
+    from torchvision.datasets import ImageFolder
+    d = cfg["data"]
+    ds = ImageFolder(root, transform=build_transforms(cfg, mean, std, False))
+    sampler = DistributedEvalSampler(ds, num_replicas=world, rank=rank)
+    workers = d["workers"] if workers is None else workers
+    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
+                        num_workers=workers, pin_memory=bool(d["pin_memory"] and device_is_cuda),
+                        persistent_workers=bool(d["persistent_workers"] and workers > 0))
+    return ds, loader
+
+
+def build_mixup_and_criterion(cfg: Dict[str, Any], num_classes: int):
+    """timm Mixup/CutMix (label smoothing folded into the soft targets) and the matching loss."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    a = cfg["aug"]
+    if a["mixup"] > 0 or a["cutmix"] > 0:
+        mixup = Mixup(mixup_alpha=a["mixup"], cutmix_alpha=a["cutmix"], prob=a["mixup_prob"],
+                      switch_prob=a["mixup_switch_prob"], mode=a["mixup_mode"],
+                      label_smoothing=a["label_smoothing"], num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    if a["label_smoothing"] > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=a["label_smoothing"])
+    return None, torch.nn.CrossEntropyLoss()
