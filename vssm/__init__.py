@@ -1,0 +1,10 @@
+"""vssm: visual state-space (Mamba) backbones as timm models.
+
+``import vssm`` registers every family with timm (``timm.create_model('vmamba_tiny')``).
+"""
+from . import layers
+from ._checkpoint import CheckpointMismatchError, remap_state_dict, unwrap_state_dict
+from . import vmamba
+from .vmamba import VMamba
+
+__all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "remap_state_dict", "unwrap_state_dict"]

@@ -1,0 +1,337 @@
+"""Building blocks shared by the vssm model families (VMamba, LocalMamba, EfficientVMamba, GroupMamba).
+
+Layout convention: every block here takes and returns channels-last maps ``(B, H, W, C)``; only the
+stems take an image ``(B, C, H, W)``. Projections are ``nn.Linear`` so official Linear / Linear2d weights
+load without reshaping, norms are ``nn.LayerNorm`` over the last dim (identical math to the official
+``LayerNorm2d`` of the channel-first releases).
+
+``SS2D`` is the 2D selective-scan mixer: in-projection, optional z gate, depthwise conv, a scan pattern
+from :mod:`scans` (K one-dimensional token orders), the grouped selective scan from :mod:`kernels`,
+an output norm and an out-projection. Its parameter names (``in_proj``, ``conv2d``, ``x_proj_weight``,
+``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``, ``out_norm``, ``out_proj``) follow the
+official releases so checkpoints of every family map onto it by prefix only.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+
+import kernels
+import scans
+
+__all__ = [
+    "LayerNorm2d", "to_2tuple_size",
+    "PatchEmbed", "ConvStem", "PatchMerging", "ConvDownsample", "build_downsample",
+    "Mlp", "DropPath", "SS2D", "VSSBlock", "init_vssm_weights", "ssm_no_weight_decay",
+]
+
+NormLayer = Type[nn.Module]
+
+
+def to_2tuple_size(x: Union[int, Sequence[int]]) -> tuple:
+    return (x, x) if isinstance(x, int) else tuple(x)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dim of a ``(B, C, H, W)`` map (for heads/necks that work channel-first)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def _conv_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply an NCHW conv to a channels-last ``(B, H, W, C)`` tensor, returning ``(B, H, W, C')``."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# stems: image (B, C, H, W) -> tokens (B, H/4, W/4, C)
+# --------------------------------------------------------------------------------------------------
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch_size`` conv + norm (VMamba v0 / LocalMamba / GroupMamba stem)."""
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4,
+                 norm_layer: Optional[NormLayer] = nn.LayerNorm):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class ConvStem(nn.Module):
+    """Two overlapping stride-``patch_size/2`` convs with norm + GELU between (VMamba v2 / EfficientVMamba).
+
+    For ``patch_size=4``: conv3x3/s2 -> norm -> GELU -> conv3x3/s2 -> norm. Output size ``ceil(ceil(H/2)/2)``.
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4,
+                 norm_layer: Optional[NormLayer] = nn.LayerNorm, act_layer: Type[nn.Module] = nn.GELU):
+        super().__init__()
+        stride = patch_size // 2
+        kernel = stride + 1
+        mid = embed_dim // 2
+        self.patch_size = patch_size
+        self.conv1 = nn.Conv2d(in_chans, mid, kernel_size=kernel, stride=stride, padding=1)
+        self.norm1 = norm_layer(mid) if norm_layer else nn.Identity()
+        self.act = act_layer()
+        self.conv2 = nn.Conv2d(mid, embed_dim, kernel_size=kernel, stride=stride, padding=1)
+        self.norm2 = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(self.conv1(x).permute(0, 2, 3, 1))
+        x = self.act(x).permute(0, 3, 1, 2)
+        return self.norm2(self.conv2(x).permute(0, 2, 3, 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# downsamples: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C_out)
+# --------------------------------------------------------------------------------------------------
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood concat -> norm(4C) -> linear (VMamba v0 "v1" downsample, Swin style).
+
+    Odd sizes are zero-padded at the bottom/right. Concat order: (even row, even col), (odd row, even col),
+    (even row, odd col), (odd row, odd col), as in the official releases.
+    """
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None, norm_layer: NormLayer = nn.LayerNorm):
+        super().__init__()
+        out_dim = out_dim or 2 * dim
+        self.norm = norm_layer(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[1:3]
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class ConvDownsample(nn.Module):
+    """Strided conv -> norm. ``kernel_size=2`` (no padding) is VMamba "v2", ``kernel_size=3`` (padding 1) "v3"."""
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None, kernel_size: int = 3,
+                 norm_layer: NormLayer = nn.LayerNorm):
+        super().__init__()
+        out_dim = out_dim or 2 * dim
+        self.conv = nn.Conv2d(dim, out_dim, kernel_size=kernel_size, stride=2, padding=(kernel_size - 1) // 2)
+        self.norm = norm_layer(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(_conv_nhwc(self.conv, x))
+
+
+def build_downsample(kind: str, dim: int, out_dim: int, norm_layer: NormLayer = nn.LayerNorm) -> nn.Module:
+    """``kind``: "merge" (v1, PatchMerging), "conv2" (v2, 2x2/s2 conv), "conv3" (v3, 3x3/s2 conv)."""
+    if kind in ("merge", "v1"):
+        return PatchMerging(dim, out_dim, norm_layer=norm_layer)
+    if kind in ("conv2", "v2"):
+        return ConvDownsample(dim, out_dim, kernel_size=2, norm_layer=norm_layer)
+    if kind in ("conv3", "v3"):
+        return ConvDownsample(dim, out_dim, kernel_size=3, norm_layer=norm_layer)
+    raise ValueError(f"unknown downsample kind {kind!r}; valid: merge (v1), conv2 (v2), conv3 (v3)")
+
+
+# --------------------------------------------------------------------------------------------------
+# SS2D mixer
+# --------------------------------------------------------------------------------------------------
+
+def _dt_init(dt_rank: int, d_inner: int, dt_scale: float, dt_init: str, dt_min: float, dt_max: float,
+             dt_init_floor: float):
+    """Mamba's dt projection init: weight U(+-rank^-0.5*scale) (or constant), bias = softplus^-1(dt),
+    dt log-uniform in [dt_min, dt_max]."""
+    std = dt_rank ** -0.5 * dt_scale
+    weight = torch.empty(d_inner, dt_rank)
+    if dt_init == "constant":
+        nn.init.constant_(weight, std)
+    elif dt_init == "random":
+        nn.init.uniform_(weight, -std, std)
+    else:
+        raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+    return weight, bias
+
+
+class SS2D(nn.Module):
+    """2D selective-scan mixer on ``(B, H, W, C)`` maps.
+
+    Args:
+        dim: model channels C.
+        scan: a scan-pattern name for :func:`scans.build` or a built ``ScanPattern`` (K sequences).
+        scan_options: options for :func:`scans.build`.
+        d_state: SSM state size N.  ssm_ratio: inner channels ``d_inner = int(ssm_ratio * dim)``.
+        dt_rank: rank of the dt projection, ``"auto"`` = ``ceil(dim / 16)``.
+        act_layer: activation after the conv (and on z).
+        d_conv: depthwise conv kernel (``< 2``: no conv).  conv_bias: conv bias.
+        gate: z gating (in_proj doubles its output; ``y * act(z)``); v0 style True, v2 "_noz" False.
+        z_act: apply ``act_layer`` to z.
+        out_norm: LayerNorm on the scan output (False: identity).
+        bias: bias of in/out projections.  dropout: after out_proj.
+        backend: selective-scan backend passed to :func:`kernels.selective_scan`.
+    With ``scan.split_channels`` each of the K sequences carries ``d_inner // K`` channels (GroupMamba).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            scan: Union[str, "scans.ScanPattern"] = "cross",
+            scan_options: Optional[dict] = None,
+            d_state: int = 16,
+            ssm_ratio: float = 2.0,
+            dt_rank: Union[int, str] = "auto",
+            act_layer: Type[nn.Module] = nn.SiLU,
+            d_conv: int = 3,
+            conv_bias: bool = True,
+            gate: bool = True,
+            z_act: bool = True,
+            out_norm: bool = True,
+            norm_layer: NormLayer = nn.LayerNorm,
+            bias: bool = False,
+            dropout: float = 0.0,
+            dt_min: float = 0.001,
+            dt_max: float = 0.1,
+            dt_init: str = "random",
+            dt_scale: float = 1.0,
+            dt_init_floor: float = 1e-4,
+            backend: str = "auto",
+    ):
+        super().__init__()
+        self.scan = scans.build(scan, **(scan_options or {})) if isinstance(scan, str) else scan
+        K = self.scan.K
+        self.dim = dim
+        self.d_inner = d_inner = int(ssm_ratio * dim)
+        self.d_state = d_state
+        self.dt_rank = dt_rank = int(math.ceil(dim / 16) if dt_rank == "auto" else dt_rank)
+        self.gate = gate
+        self.backend = backend
+        d_seq = self.scan.channels_per_sequence(d_inner)  # channels each of the K sequences carries
+        self.d_seq = d_seq
+
+        self.in_proj = nn.Linear(dim, d_inner * 2 if gate else d_inner, bias=bias)
+        self.act = act_layer()
+        self.z_act = act_layer() if (gate and z_act) else nn.Identity()
+        if d_conv > 1:
+            self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
+                                    groups=d_inner, bias=conv_bias)
+        else:
+            self.conv2d = None
+
+        # per-sequence projections: x -> (dt low-rank, B, C); dt low-rank -> per-channel dt
+        x_proj = torch.empty(K, dt_rank + 2 * d_state, d_seq)
+        bound = 1.0 / math.sqrt(d_seq)  # nn.Linear's default (kaiming-uniform, a=sqrt(5)) range
+        nn.init.uniform_(x_proj, -bound, bound)
+        self.x_proj_weight = nn.Parameter(x_proj)
+        dt = [_dt_init(dt_rank, d_seq, dt_scale, dt_init, dt_min, dt_max, dt_init_floor) for _ in range(K)]
+        self.dt_projs_weight = nn.Parameter(torch.stack([w for w, _ in dt]))  # (K, d_seq, R)
+        self.dt_projs_bias = nn.Parameter(torch.stack([b for _, b in dt]))  # (K, d_seq)
+        # S4D-real init A = -(1..N), kept as log; D skip = 1
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(K * d_seq, 1)
+        self.A_logs = nn.Parameter(torch.log(A))  # (K * d_seq, N)
+        self.Ds = nn.Parameter(torch.ones(K * d_seq))  # (K * d_seq,)
+        for p in (self.A_logs, self.Ds, self.dt_projs_bias):
+            p._no_weight_decay = True
+
+        self.out_norm = norm_layer(d_inner) if out_norm else nn.Identity()
+        self.out_proj = nn.Linear(d_inner, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def scan_core(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, d_inner, H, W)`` -> ``(B, d_inner, H, W)`` float32: scan, project, selective scan, merge."""
+        Bsz, _, H, W = x.shape
+        K, R, N = self.scan.K, self.dt_rank, self.d_state
+        xs = self.scan.flatten(x)  # (B, K, d_seq, L)
+        L = xs.shape[-1]
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        ys = kernels.selective_scan(
+            xs.reshape(Bsz, K * self.d_seq, L).float(),
+            dts.reshape(Bsz, K * self.d_seq, L).float(),
+            -torch.exp(self.A_logs.float()),
+            Bs.float().contiguous(),
+            Cs.float().contiguous(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            delta_softplus=True,
+            backend=self.backend,
+        )
+        return self.scan.merge(ys.view(Bsz, K, self.d_seq, L), (H, W))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_proj(x)
+        if self.gate:
+            x, z = x.chunk(2, dim=-1)
+            z = self.z_act(z)
+        x = x.permute(0, 3, 1, 2)  # (B, d_inner, H, W), channels-last strides
+        if self.conv2d is not None:
+            x = self.conv2d(x)
+        x = self.act(x)
+        y = self.scan_core(x).permute(0, 2, 3, 1).to(x.dtype)
+        y = self.out_norm(y)
+        if self.gate:
+            y = y * z
+        return self.dropout(self.out_proj(y))
+
+
+class VSSBlock(nn.Module):
+    """Pre-norm residual block: ``x + drop_path(mixer(norm1(x)))`` then, if ``mlp_ratio > 0``,
+    ``x + drop_path(mlp(norm2(x)))``. ``mixer_kwargs`` go to :class:`SS2D` (or ``mixer_layer``)."""
+
+    def __init__(
+            self,
+            dim: int,
+            drop_path: float = 0.0,
+            norm_layer: NormLayer = nn.LayerNorm,
+            mlp_ratio: float = 4.0,
+            mlp_act_layer: Type[nn.Module] = nn.GELU,
+            mlp_drop: float = 0.0,
+            mixer_layer: Callable[..., nn.Module] = SS2D,
+            **mixer_kwargs,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.mixer = mixer_layer(dim, **mixer_kwargs)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if mlp_ratio > 0:
+            self.norm2 = norm_layer(dim)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=mlp_act_layer, drop=mlp_drop)
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.mixer(self.norm1(x)))
+        if self.mlp is not None:
+            x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x
+
+
+def init_vssm_weights(module: nn.Module) -> None:
+    """Model-level init of the official releases: Linear trunc-normal(0.02) with zero bias, LayerNorm 1/0.
+    Convs keep PyTorch's default; the SSM parameters keep their own init (they are not Linear modules)."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def ssm_no_weight_decay(model: nn.Module) -> set:
+    """Full names of parameters flagged ``_no_weight_decay`` (A_logs, Ds, dt_projs_bias, ...)."""
+    return {name for name, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}

@@ -1,0 +1,417 @@
+"""VMamba: Visual State Space Model, as a timm model family.
+
+Paper: "VMamba: Visual State Space Model" (Liu et al., NeurIPS 2024), https://arxiv.org/abs/2401.10166
+Official code and weights: https://github.com/MzeroMiko/VMamba (MIT). This is an independent
+implementation; ``checkpoint_filter_fn`` maps the official release checkpoints onto it, giving the official
+logits (float32, max abs difference < 1e-4).
+
+Variants:
+  * ``vmamba_tiny`` / ``vmamba_small`` / ``vmamba_base``: the v2 release (official ``vmamba_tiny_s1l8``,
+    ``vmamba_small_s2l15``, ``vmamba_base_s2l15``): conv stem, 3x3/s2 conv downsample, SS2D without z gate
+    (d_state 1), MLP in every block.
+  * ``vanilla_vmamba_tiny``: the v0 release: 4x4 patch stem, patch merging, gated SS2D (d_state 16), no MLP.
+  * ``vmamba_nano``: a small v2-style model for CPU smoke runs (no official weights).
+
+Layout: the model works on channels-last ``(B, H, W, C)`` tokens; ``forward_features`` returns them
+(after the final norm); ``forward_intermediates`` / ``features_only`` return ``NCHW`` maps at strides
+4, 8, 16, 32. Any input of at least 32x32 pixels is accepted (sizes not divisible by 32 round up stage by
+stage exactly as the official code does).
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ._checkpoint import remap_state_dict, unwrap_state_dict
+from .layers import ConvStem, PatchEmbed, VSSBlock, build_downsample, init_vssm_weights, ssm_no_weight_decay
+
+__all__ = ["VMamba", "VMambaStage", "checkpoint_filter_fn"]
+
+
+class VMambaStage(nn.Module):
+    """Optional downsample (stages > 0) followed by ``depth`` :class:`VSSBlock` s, channels-last in/out."""
+
+    def __init__(
+            self,
+            dim: int,
+            dim_out: int,
+            depth: int,
+            downsample: Optional[str] = None,
+            drop_path: Sequence[float] = (),
+            norm_layer=nn.LayerNorm,
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = build_downsample(downsample, dim, dim_out, norm_layer) if downsample else nn.Identity()
+        drop_path = list(drop_path) or [0.0] * depth
+        self.blocks = nn.Sequential(*[
+            VSSBlock(dim_out, drop_path=drop_path[i], norm_layer=norm_layer, **block_kwargs) for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x
+
+
+class VMamba(nn.Module):
+    """VMamba backbone + classifier.
+
+    Args:
+        in_chans: input image channels.  num_classes: classifier outputs (0: no classifier).
+        global_pool: head pooling type ('avg', 'max', '' ...).
+        depths: blocks per stage.  dims: channels per stage, or an int ``d`` for ``(d, 2d, 4d, 8d)``.
+        patch_size: stem reduction (4).
+        stem: 'conv' (v2: two 3x3/s2 convs) or 'patch' (v0: one 4x4/s4 conv).
+        downsample: 'conv3' (v2), 'conv2' or 'merge' (v0 patch merging).
+        d_state, ssm_ratio, dt_rank, ssm_conv, ssm_conv_bias, gate: SS2D options (see :class:`vssm.layers.SS2D`).
+        scan: scan pattern name from :mod:`scans`.  scan_backend: selective-scan backend.
+        mlp_ratio: MLP hidden ratio (0: no MLP branch).
+        drop_rate: classifier dropout.  proj_drop_rate: MLP / mixer output dropout.
+        drop_path_rate: stochastic depth, linear over all blocks.
+        norm_eps: LayerNorm epsilon (official: 1e-5).  min_input_size: smallest accepted H / W.
+        img_size: accepted for API uniformity and ignored (no position embedding: any size works).
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            depths: Sequence[int] = (2, 2, 9, 2),
+            dims: Union[int, Sequence[int]] = 96,
+            patch_size: int = 4,
+            stem: str = "conv",
+            downsample: str = "conv3",
+            d_state: int = 1,
+            ssm_ratio: float = 1.0,
+            dt_rank: Union[int, str] = "auto",
+            ssm_conv: int = 3,
+            ssm_conv_bias: bool = False,
+            gate: bool = False,
+            scan: str = "cross",
+            scan_backend: str = "auto",
+            mlp_ratio: float = 4.0,
+            drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            norm_eps: float = 1e-5,
+            min_input_size: int = 32,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ):
+        super().__init__()
+        num_stages = len(depths)
+        if isinstance(dims, int):
+            dims = [dims * 2 ** i for i in range(num_stages)]
+        dims = list(dims)
+        if len(dims) != num_stages:
+            raise ValueError(f"dims {dims} and depths {list(depths)} must have the same length")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.output_fmt = "NHWC"
+        self.min_input_size = min_input_size
+        self.grad_checkpointing = False
+        norm_layer = _ln(norm_eps)
+
+        if stem == "conv":
+            self.stem = ConvStem(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
+        elif stem == "patch":
+            self.stem = PatchEmbed(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
+        else:
+            raise ValueError(f"unknown stem {stem!r}; valid: 'conv' (v2), 'patch' (v0)")
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        block_kwargs = dict(
+            mlp_ratio=mlp_ratio, mlp_drop=proj_drop_rate, scan=scan, d_state=d_state, ssm_ratio=ssm_ratio,
+            dt_rank=dt_rank, d_conv=ssm_conv, conv_bias=ssm_conv_bias, gate=gate, norm_layer=norm_layer,
+            dropout=proj_drop_rate, backend=scan_backend,
+        )
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        stride, start = patch_size, 0
+        for i in range(num_stages):
+            if i > 0:
+                stride *= 2
+            self.stages.append(VMambaStage(
+                dims[max(i - 1, 0)], dims[i], depths[i],
+                downsample=downsample if i > 0 else None,
+                drop_path=dpr[start:start + depths[i]],
+                **block_kwargs,
+            ))
+            start += depths[i]
+            self.feature_info.append(dict(num_chs=dims[i], reduction=stride, module=f"stages.{i}"))
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.norm = norm_layer(self.num_features)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                   input_fmt="NHWC")
+        self.apply(init_vssm_weights)
+
+    # ---- timm API ------------------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return ssm_no_weight_decay(self)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small)."""
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects a (batch, {self.in_chans}, H, W) image tensor, "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{type(self).__name__} was built for {self.in_chans} input channels, got "
+                             f"{x.shape[1]} (input shape {tuple(x.shape)}); pass in_chans= to create_model")
+        H, W = x.shape[-2:]
+        if H < self.min_input_size or W < self.min_input_size:
+            raise ValueError(f"input {H}x{W} is too small for {type(self).__name__}: height and width must be at "
+                             f"least {self.min_input_size} (the stride of the last stage)")
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward returning the stage outputs selected by ``indices`` (int: last n; None: all).
+
+        Args:
+            norm: apply the final norm to the last stage's output when it is taken.
+            stop_early: stop after the last stage needed.  output_fmt: 'NCHW' or 'NHWC' intermediates.
+            intermediates_only: return only the list of intermediates.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self.check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[:max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if (norm and i == last) else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norm / head) not needed for the intermediates in ``indices``."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_head or prune_end:
+            self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, C, H, W)`` -> normed final tokens ``(B, H/32, W/32, C_last)`` (channels-last)."""
+        self.check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _ln(eps: float):
+    def norm_layer(dim: int) -> nn.LayerNorm:
+        return nn.LayerNorm(dim, eps=eps)
+    return norm_layer
+
+
+# ---- official checkpoint mapping --------------------------------------------------------------------
+
+# official VSSM key -> ours. Official: patch_embed (Sequential), layers.i.blocks.j.{norm,op,norm2,mlp},
+# layers.i.downsample (end of stage i, Sequential or PatchMerging2D), classifier.{norm,head}.
+_COMMON_RULES = [
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.norm\.", r"stages.\1.blocks.\2.norm1."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.op\.", r"stages.\1.blocks.\2.mixer."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"^classifier\.norm\.", "norm."),
+    (r"^classifier\.head\.", "head.fc."),
+]
+_V2_RULES = [  # conv stem (patchembed v2), conv downsample (v2 / v3)
+    (r"^patch_embed\.0\.", "stem.conv1."),
+    (r"^patch_embed\.2\.", "stem.norm1."),
+    (r"^patch_embed\.5\.", "stem.conv2."),
+    (r"^patch_embed\.7\.", "stem.norm2."),
+    (r"^layers\.(\d+)\.downsample\.1\.", r"layers.\1.downsample.conv."),
+    (r"^layers\.(\d+)\.downsample\.3\.", r"layers.\1.downsample.norm."),
+]
+_V0_RULES = [  # patch stem (patchembed v1), patch merging (downsample v1)
+    (r"^patch_embed\.0\.", "stem.proj."),
+    (r"^patch_embed\.2\.", "stem.norm."),
+]
+
+
+def _shift_downsample(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official ``layers.i.downsample`` ends stage i; ours starts stage i + 1."""
+    out = {}
+    for k, v in state_dict.items():
+        m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
+        out[f"stages.{int(m.group(1)) + 1}.downsample.{m.group(2)}" if m else k] = v
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VMamba) -> Dict[str, torch.Tensor]:
+    """Map an official VMamba checkpoint (``{'model': sd}`` or ``sd``, v0 or v2 layout) onto ``model``.
+
+    A state dict already in vssm layout passes through the same key check. Raises
+    :class:`vssm.CheckpointMismatchError` naming missing / unexpected / mis-shaped keys.
+    """
+    sd = unwrap_state_dict(state_dict)
+    if any(k.startswith("stem.") for k in sd):  # already ours
+        return remap_state_dict(sd, model, rules=[])
+    rules = (_V2_RULES if isinstance(model.stem, ConvStem) else _V0_RULES) + _COMMON_RULES
+    renamed = {}
+    for k, v in sd.items():
+        for pattern, repl in rules:
+            k = re.sub(pattern, repl, k)
+        renamed[k] = v
+    return remap_state_dict(_shift_downsample(renamed), model, rules=[])
+
+
+# ---- configs and factories ----------------------------------------------------------------------------
+
+_RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download"
+
+
+def _cfg(url: str = "", **kwargs) -> Dict:
+    return {
+        "url": url,
+        "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 32, 32), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv1", "classifier": "head.fc",
+        "license": "mit", "paper_ids": "arXiv:2401.10166", "paper_name": "VMamba: Visual State Space Model",
+        **kwargs,
+    }
+
+
+# Official checkpoints are NOT downloaded (url is empty): fetch the file named in `notes` from `origin_url`
+# and load it with pretrained=True, pretrained_cfg_overlay=dict(file=PATH).
+default_cfgs = generate_default_cfgs({
+    "vmamba_tiny.in1k": _cfg(
+        origin_url=f"{_RELEASE}/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth",
+        notes=("official file vssm1_tiny_0230s_ckpt_epoch_264.pth (vmamba_tiny_s1l8), top-1 82.6",),
+    ),
+    "vmamba_small.in1k": _cfg(
+        origin_url=f"{_RELEASE}/%23v2cls/vssm_small_0229_ckpt_epoch_222.pth",
+        notes=("official file vssm_small_0229_ckpt_epoch_222.pth (vmamba_small_s2l15), top-1 83.6",),
+    ),
+    "vmamba_base.in1k": _cfg(
+        origin_url=f"{_RELEASE}/%23v2cls/vssm_base_0229_ckpt_epoch_237.pth",
+        notes=("official file vssm_base_0229_ckpt_epoch_237.pth (vmamba_base_s2l15), top-1 83.9",),
+    ),
+    "vanilla_vmamba_tiny.in1k": _cfg(
+        origin_url=f"{_RELEASE}/%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth",
+        first_conv="stem.proj",
+        notes=("official file vssmtiny_dp01_ckpt_epoch_292.pth (vanilla_vmamba_tiny, v0), top-1 82.2",),
+    ),
+    "vmamba_nano": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), license="apache-2.0",
+                        notes=("small v2-style model for CPU smoke runs; no official weights",)),
+})
+
+
+def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
+    return build_model_with_cfg(
+        VMamba, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+
+
+_V2 = dict(stem="conv", downsample="conv3", d_state=1, ssm_conv=3, ssm_conv_bias=False, gate=False, mlp_ratio=4.0)
+
+
+@register_model
+def vmamba_tiny(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-T (official ``vmamba_tiny_s1l8``): 30.2M params, 4.9G FLOPs, 82.6 top-1."""
+    args = dict(_V2, depths=(2, 2, 8, 2), dims=96, ssm_ratio=1.0)
+    return _create_vmamba("vmamba_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vmamba_small(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-S (official ``vmamba_small_s2l15``): 50.1M params, 8.7G FLOPs, 83.6 top-1."""
+    args = dict(_V2, depths=(2, 2, 15, 2), dims=96, ssm_ratio=2.0)
+    return _create_vmamba("vmamba_small", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vmamba_base(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-B (official ``vmamba_base_s2l15``): 88.6M params, 15.4G FLOPs, 83.9 top-1."""
+    args = dict(_V2, depths=(2, 2, 15, 2), dims=128, ssm_ratio=2.0)
+    return _create_vmamba("vmamba_base", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vanilla_vmamba_tiny(pretrained: bool = False, **kwargs) -> VMamba:
+    """Vanilla VMamba-T (v0 release): 22.9M params, gated SS2D with d_state 16, no MLP, 82.2 top-1."""
+    args = dict(stem="patch", downsample="merge", depths=(2, 2, 9, 2), dims=96, d_state=16, ssm_ratio=2.0,
+                ssm_conv=3, ssm_conv_bias=True, gate=True, mlp_ratio=0.0)
+    return _create_vmamba("vanilla_vmamba_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vmamba_nano(pretrained: bool = False, **kwargs) -> VMamba:
+    """Small v2-style VMamba for CPU smoke tests and the embedded training recipe (no official weights)."""
+    args = dict(_V2, depths=(1, 1, 2, 1), dims=(24, 48, 96, 192), ssm_ratio=1.0)
+    return _create_vmamba("vmamba_nano", pretrained, **dict(args, **kwargs))
