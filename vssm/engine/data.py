@@ -116,7 +116,11 @@ def build_train_loader(cfg: Dict[str, Any], root: str, mean, std, rank: int, wor
     base = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"], drop_last=True)
     sampler = EpochIndexSampler(base)
     workers = d["workers"]
+    # a private generator: creating loader iterators must not consume the training process' global RNG
+    # (else a resumed run, which creates its persistent workers one epoch later, would diverge)
+    gen = torch.Generator().manual_seed(int(t["seed"]) * 7919 + rank)
     loader = DataLoader(SeededDataset(ds, t["seed"]), batch_size=micro, sampler=sampler, drop_last=True,
+                        generator=gen,
                         num_workers=workers, pin_memory=bool(d["pin_memory"] and device_is_cuda),
                         persistent_workers=bool(d["persistent_workers"] and workers > 0),
                         prefetch_factor=(4 if workers > 0 else None))
@@ -131,6 +135,7 @@ def build_val_loader(cfg: Dict[str, Any], root: str, mean, std, rank: int, world
     sampler = DistributedEvalSampler(ds, num_replicas=world, rank=rank)
     workers = d["workers"] if workers is None else workers
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
+                        generator=torch.Generator().manual_seed(rank),
                         num_workers=workers, pin_memory=bool(d["pin_memory"] and device_is_cuda),
                         persistent_workers=bool(d["persistent_workers"] and workers > 0))
     return ds, loader
