@@ -269,7 +269,12 @@ class SS2D(nn.Module):
             delta_softplus=True,
             backend=self.backend,
         )
-        return self.scan.merge(ys.view(Bsz, K, self.d_seq, L), (H, W))
+        return self.merge_sequences(ys.view(Bsz, K, self.d_seq, L), (H, W))
+
+    def merge_sequences(self, ys: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``(B, K, d_seq, L)`` scan outputs -> ``(B, d_inner, H, W)``. Default: the pattern's merge (sum of
+        the K outputs at their positions); subclasses with another fusion of the K directions override it."""
+        return self.scan.merge(ys, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(x)
