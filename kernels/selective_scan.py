@@ -67,6 +67,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 register_backend("reference", selective_scan_reference, priority=0)
 register_backend("chunked", selective_scan_chunked, priority=10)
 
+try:  # Triton kernels (CUDA tensors only); without triton, "auto" keeps to the PyTorch backends
+    from . import triton_scan as _triton_scan
+except ImportError:  # pragma: no cover
+    _triton_scan = None
+else:
+    register_backend("triton", _triton_scan.forward, _triton_scan.backward, devices=("cuda",), priority=20)
+
 
 @torch.library.custom_op("vssm::selective_scan", mutates_args=())
 def _selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

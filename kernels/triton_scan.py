@@ -1,0 +1,335 @@
+"""Selective scan in Triton: forward and backward for the grouped layout of :func:`kernels.selective_scan`.
+
+Layout (all contiguous along L): ``u, delta (batch, G*D, L)``, ``A (G*D, N)``, ``B, C (batch, G, N, L)``,
+``D, delta_bias (G*D,)``.
+
+One program owns ``BLOCK_D`` channels of one (batch, group) and walks the sequence in chunks of ``BLOCK_L``
+steps; inside a chunk the recurrence is an associative scan over the pairs ``(decay, drive)``, and the state
+(``BLOCK_D x N``, fp32) is carried from chunk to chunk in registers. Inputs are read once and ``y`` is written
+once, so the forward moves the bytes of ``u, delta, B, C, y`` and nothing else.
+
+The backward recomputes the states: pass 1 walks the chunks forward and writes only the state at every chunk
+start (``batch*G*D*N*ceil(L/BLOCK_L)`` floats, 1/BLOCK_L of the states); pass 2 walks the chunks backward,
+rebuilds the states of the chunk from its start state and runs the adjoint recurrence
+``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}`` as a reverse scan. ``dB``/``dC`` are sums over the channels of a
+group (fp32 atomics when a group spans several programs); ``dA``, ``dD``, ``ddelta_bias`` are per-batch partial
+sums reduced by PyTorch afterwards.
+
+Math (per channel c, state n): ``a_t = dt_t A_n``, ``h_t = exp(a_t) h_{t-1} + dt_t u_t B_t``,
+``y_t = sum_n C_t h_t + D u_t``. Gradients with ``x_t = dt_t u_t``:
+``dB_t = sum_c g_t x_t``, ``dC_t = sum_c dy_t h_t``, ``da_t = g_t exp(a_t) h_{t-1} = g_t (h_t - x_t B_t)``,
+``dA = sum_t da_t dt_t``, ``ddt_t = (sum_n g_t B_t) u_t + sum_n da_t A_n``,
+``du_t = (sum_n g_t B_t) dt_t + D dy_t``; softplus' derivative is the sigmoid.
+
+Public functions (registered as backend ``"triton"`` of ``torch.ops.vssm.selective_scan`` by
+kernels/selective_scan.py): :func:`forward`, :func:`backward`, and :func:`selective_scan_triton`, a
+differentiable convenience wrapper that goes through the shared custom op.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["forward", "backward", "selective_scan_triton", "pick_config"]
+
+_LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Triton helpers
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _affine_combine(a_l, b_l, a_r, b_r):
+    """Compose two steps ``h -> a h + b``: earlier (l) first, then later (r)."""
+    return a_l * a_r, b_l * a_r + b_r
+
+
+@triton.jit
+def _adjoint_combine(f_r, m_r, s_r, f_l, m_l, s_l):
+    """Combine for the reverse scan of ``g_t = b_t + alpha_{t+1} g_{t+1}``.
+
+    A segment [i..j] is summarised by (f, m, s): f = alpha_i (its first decay), and
+    ``g_i = s + m * alpha_{j+1} g_{j+1}``. In a reverse scan the accumulated later segment (r) comes first.
+    """
+    k = m_l * f_r
+    return f_l, k * m_r, s_l + k * s_r
+
+
+@triton.jit
+def _softplus(x):
+    e = tl.exp(x)
+    series = e * (1.0 - e * (0.5 - e * 0.3333333333333333))  # log1p(e) for tiny e, where 1 + e rounds
+    return tl.where(x > 20.0, x, tl.where(x < -5.0, series, tl.log(1.0 + e)))
+
+
+@triton.jit
+def _sigmoid(x):
+    e = tl.exp(x)
+    return tl.where(x > 20.0, 1.0, e / (1.0 + e))
+
+
+@triton.jit
+def _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS: tl.constexpr):
+    """u (fp32), the pre-activation, and dt (fp32, 0 outside the masks) for one (BLOCK_D, BLOCK_L) tile."""
+    u = tl.load(u_ptr + row_off[:, None] + offs_l[None, :], mask=mask_2d, other=0.0).to(tl.float32)
+    pre = tl.load(delta_ptr + row_off[:, None] + offs_l[None, :], mask=mask_2d, other=0.0).to(tl.float32)
+    pre = pre + bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(pre)
+    else:
+        dt = pre
+    dt = tl.where(mask_2d, dt, 0.0)
+    return u, pre, dt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
+                L, DG, G, N,
+                SOFTPLUS: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_bg = tl.program_id(1)  # b * G + g
+    g = pid_bg % G
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DG
+    chan = g * DG + offs_d  # channel index within G*D
+    row_off = ((pid_bg - g) * DG + chan).to(tl.int64) * L  # ((b*G*D) + chan) * L
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    bc_off = (pid_bg.to(tl.int64) * N + offs_n) * L  # rows of B/C for this (b, g)
+
+    A2 = tl.load(A_ptr + chan[:, None] * N + offs_n[None, :], mask=mask_d[:, None] & mask_n[None, :],
+                 other=0.0).to(tl.float32) * 1.4426950408889634  # (BLOCK_D, NP), log2 units
+    Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+
+    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
+    h = tl.zeros((BLOCK_D, NP), dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        offs_l = l0 + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < L
+        mask_2d = mask_d[:, None] & mask_l[None, :]
+        mask_nl = mask_n[:, None] & mask_l[None, :]
+        u, pre, dt = _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS)
+        Bt = tl.load(B_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
+        alpha = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, NP, BLOCK_L)
+        drive = (dt * u)[:, None, :] * Bt[None, :, :]
+        sa, sb = tl.associative_scan((alpha, drive), 2, _affine_combine)
+        hs = sb + sa * h[:, :, None]
+        y = tl.sum(hs * Ct[None, :, :], axis=1) + Dv[:, None] * u
+        tl.store(y_ptr + row_off[:, None] + offs_l[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_2d)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
+                du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
+                L, DG, G, N, NCHUNK,
+                SOFTPLUS: tl.constexpr, ATOMIC_BC: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr,
+                NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    g = pid_bg % G
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DG
+    chan = g * DG + offs_d
+    row = (pid_bg - g) * DG + chan  # b*G*D + chan
+    row_off = row.to(tl.int64) * L
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    bc_off = (pid_bg.to(tl.int64) * N + offs_n) * L
+    state_off = (row.to(tl.int64) * NCHUNK)[:, None] * NP + offs_n[None, :]  # + chunk * NP
+
+    A = tl.load(A_ptr + chan[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    ar = tl.arange(0, BLOCK_L)
+    last = (ar == BLOCK_L - 1)[None, None, :]
+    first = (ar == 0)[None, None, :]
+
+    # pass 1: the state at the start of every chunk
+    h = tl.zeros((BLOCK_D, NP), dtype=tl.float32)
+    for c in range(0, NCHUNK):
+        tl.store(state_ptr + state_off + c * NP, h, mask=mask_d[:, None])
+        offs_l = c * BLOCK_L + ar
+        mask_l = offs_l < L
+        mask_2d = mask_d[:, None] & mask_l[None, :]
+        u, pre, dt = _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS)
+        Bt = tl.load(B_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :],
+                     other=0.0).to(tl.float32)
+        alpha = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        drive = (dt * u)[:, None, :] * Bt[None, :, :]
+        sa, sb = tl.associative_scan((alpha, drive), 2, _affine_combine)
+        h = tl.sum(tl.where(last, sb + sa * h[:, :, None], 0.0), axis=2)
+    tl.debug_barrier()  # pass 2 reads states written by other threads of this program
+
+    # pass 2: chunks from last to first
+    q = tl.zeros((BLOCK_D, NP), dtype=tl.float32)  # alpha_s g_s at the start s of the later chunk
+    dA_acc = tl.zeros((BLOCK_D, NP), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for k in range(0, NCHUNK):
+        c = NCHUNK - 1 - k
+        offs_l = c * BLOCK_L + ar
+        mask_l = offs_l < L
+        mask_2d = mask_d[:, None] & mask_l[None, :]
+        mask_nl = mask_n[:, None] & mask_l[None, :]
+        u, pre, dt = _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS)
+        dy = tl.load(dy_ptr + row_off[:, None] + offs_l[None, :], mask=mask_2d, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
+        h0 = tl.load(state_ptr + state_off + c * NP, mask=mask_d[:, None], other=0.0)
+
+        alpha = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        x = dt * u
+        xB = x[:, None, :] * Bt[None, :, :]
+        sa, sb = tl.associative_scan((alpha, xB), 2, _affine_combine)
+        hs = sb + sa * h0[:, :, None]  # states h_t of the chunk
+
+        rhs = Ct[None, :, :] * dy[:, None, :]
+        ones = tl.full(alpha.shape, 1.0, tl.float32)
+        if REVERSE_BY_FLIP:
+            _f, m, s = tl.associative_scan((tl.flip(alpha, 2), ones, tl.flip(rhs, 2)), 2, _adjoint_combine)
+            m = tl.flip(m, 2)
+            s = tl.flip(s, 2)
+        else:
+            _f, m, s = tl.associative_scan((alpha, ones, rhs), 2, _adjoint_combine, reverse=True)
+        gs = s + m * q[:, :, None]  # dL/dh_t
+        q = tl.sum(tl.where(first, alpha * gs, 0.0), axis=2)
+
+        dx = tl.sum(gs * Bt[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
+        da = gs * (hs - xB)
+        ddt = dx * u + tl.sum(da * A[:, :, None], axis=1)
+        du = dx * dt + Dv[:, None] * dy
+        dA_acc += tl.sum(da * dt[:, None, :], axis=2)
+        dD_acc += tl.sum(dy * u, axis=1)
+        if SOFTPLUS:
+            ddelta = ddt * _sigmoid(pre)
+        else:
+            ddelta = ddt
+        ddelta = tl.where(mask_2d, ddelta, 0.0)
+        dbias_acc += tl.sum(ddelta, axis=1)
+        tl.store(du_ptr + row_off[:, None] + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_2d)
+        tl.store(ddelta_ptr + row_off[:, None] + offs_l[None, :], ddelta.to(ddelta_ptr.dtype.element_ty),
+                 mask=mask_2d)
+
+        dB = tl.sum(gs * x[:, None, :], axis=0)  # (NP, BLOCK_L): sum over the channels of this program
+        dC = tl.sum(hs * dy[:, None, :], axis=0)
+        bc_ptrs = bc_off[:, None] + offs_l[None, :]
+        if ATOMIC_BC:
+            tl.atomic_add(dB_ptr + bc_ptrs, dB, mask=mask_nl)
+            tl.atomic_add(dC_ptr + bc_ptrs, dC, mask=mask_nl)
+        else:
+            tl.store(dB_ptr + bc_ptrs, dB, mask=mask_nl)
+            tl.store(dC_ptr + bc_ptrs, dC, mask=mask_nl)
+
+    # per-batch partial sums, reduced over the batch by the caller
+    tl.store(dA_ptr + row[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(dD_ptr + row, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + row, dbias_acc, mask=mask_d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Python wrappers
+# ----------------------------------------------------------------------------------------------------------
+def pick_config(n_state: int, length: int, channels_per_group: int, backward: bool = False) -> dict:
+    """Block sizes and warps for a problem; ``BLOCK_D * NP * BLOCK_L`` sets the register tile."""
+    np2 = triton.next_power_of_2(n_state)
+    if np2 <= 2:
+        block_l, block_d, warps = 256, 4, 4
+    elif np2 <= 4:
+        block_l, block_d, warps = 128, 4, 4
+    else:
+        block_l, block_d, warps = 64, 2 if backward else 4, 4
+    block_l = min(block_l, max(16, triton.next_power_of_2(length)))
+    block_d = min(block_d, triton.next_power_of_2(channels_per_group))
+    return dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+
+
+# Overrides for tests and benchmarks: keys BLOCK_D, BLOCK_L, num_warps, REVERSE_BY_FLIP.
+CONFIG_OVERRIDE: dict = {}
+_REVERSE_BY_FLIP = False
+
+
+def _shapes(u, A, B):
+    batch, channels, length = u.shape
+    groups, n_state = B.shape[1], B.shape[2]
+    return batch, channels, length, groups, channels // groups, n_state
+
+
+def _fallback(u):
+    return u.dtype == torch.float64  # fp64 runs in the chunked PyTorch backend with fp64 state
+
+
+def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
+    """y (u's dtype) of the selective scan; inputs as in :func:`kernels.selective_scan` (D, delta_bias tensors)."""
+    if _fallback(u):
+        from .chunked import selective_scan_chunked
+        return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    batch, channels, length, groups, dg, n_state = _shapes(u, A, B)
+    u, delta, A, B, C, D, delta_bias = (t.contiguous() for t in (u, delta, A, B, C, D, delta_bias))
+    y = torch.empty_like(u)
+    if y.numel() == 0:
+        return y
+    cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
+    cfg.pop("REVERSE_BY_FLIP", None)
+    grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
+    _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, length, dg, groups, n_state,
+                      SOFTPLUS=bool(delta_softplus), NP=triton.next_power_of_2(n_state),
+                      BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+    return y
+
+
+def backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus=True):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's dtype."""
+    if _fallback(u):
+        from .chunked import selective_scan_chunked
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(True) for t in (u, delta, A, B, C, D, delta_bias)]
+            y = selective_scan_chunked(*inputs, delta_softplus)
+            return torch.autograd.grad(y, inputs, grad_y)
+    batch, channels, length, groups, dg, n_state = _shapes(u, A, B)
+    u, delta, A, B, C, D, delta_bias, grad_y = (
+        t.contiguous() for t in (u, delta, A, B, C, D, delta_bias, grad_y))
+    cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
+    reverse_by_flip = bool(cfg.pop("REVERSE_BY_FLIP", _REVERSE_BY_FLIP))
+    np2 = triton.next_power_of_2(n_state)
+    n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    d_blocks = triton.cdiv(dg, cfg["BLOCK_D"])
+    atomic = d_blocks > 1
+    alloc = torch.zeros if atomic else torch.empty
+    dB = alloc(B.shape, **f32)
+    dC = alloc(C.shape, **f32)
+    dA_part = torch.empty(batch, channels, n_state, **f32)
+    dD_part = torch.empty(batch, channels, **f32)
+    dbias_part = torch.empty(batch, channels, **f32)
+    if u.numel() == 0:
+        dA_part.zero_(), dD_part.zero_(), dbias_part.zero_(), dB.zero_(), dC.zero_()
+    else:
+        states = torch.empty(batch * channels * n_chunks * np2, **f32)
+        grid = (d_blocks, batch * groups)
+        _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y,
+                          du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
+                          length, dg, groups, n_state, n_chunks,
+                          SOFTPLUS=bool(delta_softplus), ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip,
+                          NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+    return (du, ddelta, dA_part.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """Differentiable Triton selective scan (CUDA tensors): ``kernels.selective_scan(..., backend="triton")``."""
+    from .selective_scan import selective_scan
+    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend="triton")

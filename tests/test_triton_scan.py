@@ -1,0 +1,182 @@
+"""Triton selective scan (kernels/triton_scan.py) against the sequential reference.
+
+The kernel tests run where a Triton kernel can run: on CUDA (larger sizes, every dtype), or on the CPU under
+``TRITON_INTERPRET=1`` (tiny sizes). The interpreter must be switched on before triton is imported, so on a
+machine without CUDA ``test_cpu_under_triton_interpreter`` re-runs this file in a subprocess with the variable
+set; in the parent process the kernel tests are skipped.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+DEVICE = "cuda" if CUDA else ("cpu" if INTERPRET else None)
+kernel_test = pytest.mark.skipif(DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1 (see test_cpu_under_triton_interpreter)")
+cuda_only = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+
+
+def make_inputs(batch, groups, d, n, length, dtype=torch.float32, device="cpu"):
+    channels = groups * d
+    t = dict(
+        u=torch.randn(batch, channels, length),
+        delta=torch.randn(batch, channels, length) * 0.5,
+        A=-torch.rand(channels, n) - 0.01,
+        B=torch.randn(batch, groups, n, length),
+        C=torch.randn(batch, groups, n, length),
+        D=torch.randn(channels),
+        delta_bias=torch.randn(channels) * 0.5,
+    )
+    return {k: v.to(device=device, dtype=dtype) for k, v in t.items()}
+
+
+def reference_with_grads(inputs, grad_y, softplus=True):
+    """float64 sequential scan and its autograd gradients, on the inputs' device."""
+    from kernels.reference import selective_scan_reference
+    x = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
+    y = selective_scan_reference(*x.values(), softplus)
+    grads = torch.autograd.grad(y, list(x.values()), grad_y.double())
+    return y.detach(), grads
+
+
+def rel_err(out, ref):
+    assert torch.isfinite(out).all()
+    return ((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+
+
+@pytest.fixture
+def triton_scan(monkeypatch):
+    from kernels import triton_scan as ts
+    monkeypatch.setattr(ts, "CONFIG_OVERRIDE", {})
+    return ts
+
+
+# (batch, groups, d, n, length, config override): odd lengths, several chunks, groups spanning one or several
+# programs (atomic dB/dC), padded N, both ways of running the reverse scan.
+INTERP_CASES = [
+    (2, 1, 3, 1, 13, dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)),
+    (1, 4, 2, 16, 11, dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)),
+    (1, 2, 3, 16, 13, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, REVERSE_BY_FLIP=True)),
+    (2, 2, 3, 3, 20, dict(BLOCK_D=2, BLOCK_L=16, num_warps=1)),
+    (1, 1, 2, 1, 1, {}),
+    (1, 2, 2, 1, 37, {}),
+]
+CUDA_CASES = [
+    (2, 4, 96, 1, 3136, {}),
+    (2, 4, 48, 1, 777, {}),
+    (3, 1, 20, 16, 1001, {}),
+    (2, 4, 24, 16, 196, {}),
+    (2, 4, 24, 16, 333, dict(REVERSE_BY_FLIP=True)),
+    (1, 2, 5, 3, 65, {}),
+    (1, 1, 2, 1, 1, {}),
+]
+CASES = CUDA_CASES if CUDA else INTERP_CASES
+
+
+@kernel_test
+@pytest.mark.parametrize("batch,groups,d,n,length,config", CASES)
+def test_forward_and_grads_match_reference(triton_scan, batch, groups, d, n, length, config):
+    triton_scan.CONFIG_OVERRIDE.update(config)
+    inputs = make_inputs(batch, groups, d, n, length, device=DEVICE)
+    y = triton_scan.forward(*inputs.values(), True)
+    grad_y = torch.randn_like(y)
+    y_ref, grads_ref = reference_with_grads(inputs, grad_y)
+    assert y.dtype == torch.float32 and y.shape == y_ref.shape
+    assert rel_err(y, y_ref) < 1e-4
+    grads = triton_scan.backward(grad_y, *inputs.values(), True)
+    for name, g, g_ref in zip(inputs, grads, grads_ref):
+        assert g.shape == g_ref.shape and g.dtype == inputs[name].dtype, name
+        assert rel_err(g, g_ref) < (1e-3 if length > 1000 else 1e-4), name
+
+
+@kernel_test
+def test_without_softplus(triton_scan):
+    triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    inputs = make_inputs(1, 2, 3, 2, 10, device=DEVICE)
+    inputs["delta"] = inputs["delta"].abs()
+    inputs["delta_bias"] = inputs["delta_bias"].abs()
+    y = triton_scan.forward(*inputs.values(), False)
+    grad_y = torch.randn_like(y)
+    y_ref, grads_ref = reference_with_grads(inputs, grad_y, softplus=False)
+    assert rel_err(y, y_ref) < 1e-4
+    for name, g, g_ref in zip(inputs, triton_scan.backward(grad_y, *inputs.values(), False), grads_ref):
+        assert rel_err(g, g_ref) < 1e-4, name
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs(triton_scan, dtype):
+    batch, groups, d, n, length = (2, 4, 32, 16, 500) if CUDA else (1, 2, 2, 4, 9)
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    inputs = make_inputs(batch, groups, d, n, length, dtype=dtype, device=DEVICE)
+    y = triton_scan.forward(*inputs.values(), True)
+    assert y.dtype == dtype
+    grad_y = torch.randn_like(y)
+    y_ref, grads_ref = reference_with_grads(inputs, grad_y)
+    assert rel_err(y, y_ref) < 1e-2
+    for name, g, g_ref in zip(inputs, triton_scan.backward(grad_y, *inputs.values(), True), grads_ref):
+        assert g.dtype == dtype, name
+        assert rel_err(g, g_ref) < 2e-2, name
+
+
+@kernel_test
+def test_float64_falls_back_to_float64_state(triton_scan):
+    inputs = make_inputs(1, 2, 2, 3, 7, dtype=torch.float64, device=DEVICE)
+    y = triton_scan.forward(*inputs.values(), True)
+    grad_y = torch.randn_like(y)
+    y_ref, grads_ref = reference_with_grads(inputs, grad_y)
+    assert y.dtype == torch.float64 and rel_err(y, y_ref) < 1e-10
+    for g, g_ref in zip(triton_scan.backward(grad_y, *inputs.values(), True), grads_ref):
+        assert rel_err(g, g_ref) < 1e-10
+
+
+@cuda_only
+def test_dispatch_auto_picks_triton_and_autograd_works():
+    import kernels
+    assert kernels.resolve_backend("auto", torch.device("cuda")) == "triton"
+    inputs = make_inputs(2, 4, 16, 1, 300, device="cuda")
+    for v in inputs.values():
+        v.requires_grad_(True)
+    y = kernels.selective_scan(**inputs)
+    grad_y = torch.randn_like(y)
+    grads = torch.autograd.grad(y, list(inputs.values()), grad_y)
+    y_ref, grads_ref = reference_with_grads(inputs, grad_y)
+    assert rel_err(y.detach(), y_ref) < 1e-4
+    for name, g, g_ref in zip(inputs, grads, grads_ref):
+        assert rel_err(g, g_ref) < 1e-4, name
+
+
+@cuda_only
+def test_torch_compile_fullgraph():
+    import kernels
+    from kernels.triton_scan import selective_scan_triton
+
+    def step(u, delta, A, B, C, D, bias):
+        return (selective_scan_triton(u, delta, A, B, C, D, bias).float() ** 2).sum()
+
+    inputs = make_inputs(2, 4, 16, 16, 100, dtype=torch.bfloat16, device="cuda")
+    for v in inputs.values():
+        v.requires_grad_(True)
+    compiled = torch.compile(step, fullgraph=True)
+    loss = compiled(*inputs.values())
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    loss_eager = step(*inputs.values())
+    grads_eager = torch.autograd.grad(loss_eager, list(inputs.values()))
+    assert torch.allclose(loss, loss_eager, rtol=1e-3)
+    for g, ge in zip(grads, grads_eager):
+        assert torch.equal(g, ge) or rel_err(g, ge.double()) < 1e-2
+    assert kernels.list_backends().count("triton") == 1
+
+
+@pytest.mark.skipif(DEVICE is not None, reason="kernel tests already run directly in this process")
+def test_cpu_under_triton_interpreter():
+    """Re-run this file's kernel tests on the CPU through the Triton interpreter (tiny sizes)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
