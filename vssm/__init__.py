@@ -6,5 +6,6 @@ from . import layers
 from ._checkpoint import CheckpointMismatchError, remap_state_dict, unwrap_state_dict
 from . import vmamba
 from .vmamba import VMamba
+from . import groupmamba  # noqa: E402  (GroupMamba family, issue 6)
 
 __all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "remap_state_dict", "unwrap_state_dict"]
