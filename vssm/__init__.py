@@ -7,5 +7,6 @@ from ._checkpoint import CheckpointMismatchError, remap_state_dict, unwrap_state
 from . import vmamba
 from .vmamba import VMamba
 from . import groupmamba  # noqa: E402  (GroupMamba family, issue 6)
+from . import efficientvmamba  # noqa: E402  (EfficientVMamba family, issue 5)
 
 __all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "remap_state_dict", "unwrap_state_dict"]
