@@ -202,14 +202,34 @@ def resolve_recipe(name: str) -> Path:
     raise ConfigError(f"config '{name}' not found (not a file; known recipes: {', '.join(avail) or 'none'})")
 
 
-def load_recipe(name: str) -> Dict[str, Any]:
+def _deep_update(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_recipe(name: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Read a recipe; a ``_base_: other_recipe`` key inherits from another recipe (same lookup rules)."""
     path = resolve_recipe(name)
+    seen = list(_seen or [])
+    if str(path.resolve()) in seen:
+        raise ConfigError(f"config {path}: circular _base_ chain")
+    seen.append(str(path.resolve()))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
+    base = data.pop("_base_", None)
+    if base:
+        cand = path.parent / base
+        ref = str(cand) if cand.is_file() else str(base)
+        data = _deep_update(load_recipe(ref, seen), data)
     return data
 
 
@@ -352,5 +372,18 @@ def validate_config(cfg: Dict[str, Any], world_size: Optional[int] = None, cuda_
         check_model_name(cfg["model"]["name"])
 
 
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _flow_list(dumper, data):
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
+_Dumper.add_representer(list, _flow_list)
+_Dumper.add_representer(tuple, _flow_list)
+
+
 def dump(cfg: Dict[str, Any]) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    """YAML text of a config: block mappings, one-line lists."""
+    return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
