@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Sequence, Tuple
+from typing import Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -50,13 +50,15 @@ def remap_state_dict(
         rules: Iterable[Tuple[str, str]],
         classifier: str = "head.fc",
         drop: Iterable[str] = (),
+        input_conv: Optional[str] = None,
 ) -> dict:
     """Rename keys with regex ``rules`` (applied in order, each with ``re.sub``), drop keys matching any
     regex in ``drop``, reshape tensors that differ from the model's only by singleton dims (Linear2d /
     1x1-conv weights), then check the result against ``model.state_dict()``.
 
     Keys under ``classifier`` are exempt from the check (timm drops / adapts the classifier when
-    ``num_classes`` differs); every other missing, unexpected or mis-shaped key raises
+    ``num_classes`` differs), and so is a differing input-channel dim of ``input_conv``'s weight (timm adapts
+    it for ``in_chans``); every other missing, unexpected or mis-shaped key raises
     :class:`CheckpointMismatchError` naming them.
     """
     rules = [(re.compile(p), r) for p, r in rules]
@@ -80,8 +82,13 @@ def remap_state_dict(
 
     missing = [k for k in target if k not in out and not exempt(k)]
     unexpected = [k for k in out if k not in target and not exempt(k)]
+    def in_chans_only(k, a, b):
+        return (input_conv is not None and k == input_conv + ".weight" and a.dim() == b.dim() == 4
+                and a.shape[0] == b.shape[0] and a.shape[2:] == b.shape[2:])
+
     mismatched = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in out.items()
-                  if k in target and not exempt(k) and isinstance(v, torch.Tensor) and v.shape != target[k].shape]
+                  if k in target and not exempt(k) and isinstance(v, torch.Tensor) and v.shape != target[k].shape
+                  and not in_chans_only(k, v, target[k])]
     if missing or unexpected or mismatched:
         arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         raise CheckpointMismatchError(arch, missing, unexpected, mismatched)

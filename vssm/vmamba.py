@@ -132,7 +132,8 @@ class VMamba(nn.Module):
         else:
             raise ValueError(f"unknown stem {stem!r}; valid: 'conv' (v2), 'patch' (v0)")
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as torch.linspace
         block_kwargs = dict(
             mlp_ratio=mlp_ratio, mlp_drop=proj_drop_rate, scan=scan, d_state=d_state, ssm_ratio=ssm_ratio,
             dt_rank=dt_rank, d_conv=ssm_conv, conv_bias=ssm_conv_bias, gate=gate, norm_layer=norm_layer,
@@ -316,15 +317,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VMamba) -> 
     :class:`vssm.CheckpointMismatchError` naming missing / unexpected / mis-shaped keys.
     """
     sd = unwrap_state_dict(state_dict)
+    input_conv = ("stem.conv1" if isinstance(model.stem, ConvStem) else "stem.proj")
     if any(k.startswith("stem.") for k in sd):  # already ours
-        return remap_state_dict(sd, model, rules=[])
+        return remap_state_dict(sd, model, rules=[], input_conv=input_conv)
     rules = (_V2_RULES if isinstance(model.stem, ConvStem) else _V0_RULES) + _COMMON_RULES
     renamed = {}
     for k, v in sd.items():
         for pattern, repl in rules:
             k = re.sub(pattern, repl, k)
         renamed[k] = v
-    return remap_state_dict(_shift_downsample(renamed), model, rules=[])
+    return remap_state_dict(_shift_downsample(renamed), model, rules=[], input_conv=input_conv)
 
 
 # ---- configs and factories ----------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""FLOPs and parameter table for vssm (or any timm) models.
+
+Counts with ``torch.utils.flop_counter``; the selective scan is one custom op (``vssm::selective_scan``)
+counted with the formula of the VMamba code (``flops_selective_scan_fn``: ``9*B*L*D*N + B*D*L`` for a scan
+with D skip and no z, D = all scanned channels).  Reported GFLOPs use the convention of the papers (fvcore):
+one multiply-add = one FLOP, so torch's matmul/conv counts (2 per multiply-add) are halved; the scan formula
+is already in that convention.  By default the model runs on the ``meta`` device (shapes only, no compute).
+
+    python tools/flops.py vmamba_tiny vmamba_small vmamba_base --img-size 224
+    python tools/flops.py 'vmamba*' --img-size 224 256 --markdown
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import timm  # noqa: E402
+import kernels  # noqa: E402,F401  (registers vssm::selective_scan and its flop formula)
+
+try:
+    import vssm  # noqa: E402,F401  (registers the vssm models with timm)
+except ImportError:  # pragma: no cover
+    vssm = None
+
+# Published (paper / official README) GFLOPs at 224x224, head included.
+PUBLISHED_GFLOPS = {
+    "vmamba_tiny": 4.9,
+    "vmamba_small": 8.7,
+    "vmamba_base": 15.4,
+    "vanilla_vmamba_tiny": 5.6,
+}
+
+# ops whose torch count is already in the one-FLOP-per-multiply-add convention
+_NATIVE_CONVENTION = {"vssm.selective_scan.default", "vssm.selective_scan"}
+
+
+def _op_name(op) -> str:
+    return str(op).replace("aten.", "").replace("::", ".")
+
+
+def count_model(model: torch.nn.Module, input_size: Sequence[int], batch: int = 1,
+                device: str = "meta") -> Dict[str, float]:
+    """Return dict(params, flops, scan_flops, per_op) for one forward pass of ``model``.
+
+    ``flops`` is in the multiply-add convention (see module docstring); ``per_op`` maps op name -> count.
+    """
+    params = sum(p.numel() for p in model.parameters())
+    model = model.eval().to(device)
+    x = torch.randn(batch, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    per_op: Dict[str, float] = defaultdict(float)
+    for op, n in counter.get_flop_counts()["Global"].items():
+        name = _op_name(op)
+        per_op[name] += n if name in _NATIVE_CONVENTION else n / 2
+    scan = sum(v for k, v in per_op.items() if k in _NATIVE_CONVENTION)
+    return dict(params=params, flops=sum(per_op.values()), scan_flops=scan, per_op=dict(per_op))
+
+
+def resolve_names(patterns: Sequence[str]) -> List[str]:
+    names: List[str] = []
+    for p in patterns:
+        if any(c in p for c in "*?["):
+            names += [n for n in timm.list_models(p) if n not in names]
+        elif p not in names:
+            names.append(p)
+    return names
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", help="model names or wildcards (timm.list_models)")
+    ap.add_argument("--img-size", type=int, nargs="+", default=[224], help="square input sizes")
+    ap.add_argument("--in-chans", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--num-classes", type=int, default=None)
+    ap.add_argument("--device", default="meta", help="'meta' (no compute, default) or 'cpu' / 'cuda'")
+    ap.add_argument("--per-op", action="store_true", help="also print the count of every op")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = ap.parse_args(argv)
+
+    rows = []
+    for name in resolve_names(args.models):
+        kwargs = dict(in_chans=args.in_chans)
+        if args.num_classes is not None:
+            kwargs["num_classes"] = args.num_classes
+        for size in args.img_size:
+            with torch.device("cpu"):
+                model = timm.create_model(name, **kwargs)
+            r = count_model(model, (args.in_chans, size, size), batch=args.batch, device=args.device)
+            pub = PUBLISHED_GFLOPS.get(name) if (size == 224 and args.batch == 1) else None
+            rows.append((name, size, r, pub))
+            if args.per_op:
+                for op, n in sorted(r["per_op"].items(), key=lambda kv: -kv[1]):
+                    print(f"  {name} {size}: {op:40s} {n / 1e9:9.4f} G")
+
+    head = ["model", "input", "params (M)", "GFLOPs", "scan GFLOPs", "published", "diff"]
+    table = []
+    for name, size, r, pub in rows:
+        diff = f"{100 * (r['flops'] / 1e9 - pub) / pub:+.1f}%" if pub else ""
+        table.append([name, f"{args.batch}x{args.in_chans}x{size}x{size}", f"{r['params'] / 1e6:.2f}",
+                      f"{r['flops'] / 1e9:.2f}", f"{r['scan_flops'] / 1e9:.3f}", f"{pub}G" if pub else "", diff])
+    if args.markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join("---" for _ in head) + "|")
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
+        for row in [head] + table:
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
