@@ -39,6 +39,10 @@ DEFAULTS: Dict[str, Any] = {
     },
     "data": {
         "root": None,                # ImageFolder root with train/ and val/; None = embedded digits
+        "synthetic": False,          # random ImageNet-shaped tensors made on the device (benchmarks)
+        "synthetic_classes": 1000,
+        "synthetic_train_size": 51200,
+        "synthetic_val_size": 2048,
         "train_split": "train",
         "val_split": "val",
         "img_size": 224,
@@ -100,6 +104,13 @@ DEFAULTS: Dict[str, Any] = {
         "enabled": True,
         "decay": 0.9999,
         "warmup": False,             # timm ModelEmaV3 decay warmup
+    },
+    "distill": {                     # DeiT/GroupMamba knowledge distillation (active when teacher is set)
+        "teacher": None,             # timm/vssm model name of the frozen teacher
+        "teacher_checkpoint": None,  # its weights (local file; nothing is downloaded)
+        "kind": "hard",              # hard | soft | none
+        "alpha": 0.5,
+        "tau": 1.0,
     },
     "output": {
         "dir": None,                 # exact run directory; None = <root>/<model>-<dataset>-<time>
@@ -364,12 +375,22 @@ def validate_config(cfg: Dict[str, Any], world_size: Optional[int] = None, cuda_
         _require(micro % 2 == 0, f"mixup/cutmix needs an even per-rank micro-batch, got {micro} "
                                  f"(batch_size {t['batch_size']} / {ws} ranks / {t['accum_steps']} accum steps)")
 
-    if check_paths:
+    k = cfg["distill"]
+    _require(k["kind"] in ("hard", "soft", "none"), f"distill.kind must be hard|soft|none, got {k['kind']!r}")
+    _num(k["alpha"], "distill.alpha", 0.0, 1.0)
+    _num(k["tau"], "distill.tau", 0.0)
+    _require(k["tau"] > 0, "distill.tau must be > 0")
+
+    if check_paths and not d["synthetic"]:
         check_data_root(d["root"], (d["train_split"], d["val_split"]))
+        tc = k["teacher_checkpoint"]
+        _require(tc is None or Path(tc).expanduser().is_file(), f"distill.teacher_checkpoint: '{tc}' not found")
         p = cfg["model"]["pretrained"]
         _require(p is None or Path(p).expanduser().is_file(), f"model.pretrained: checkpoint '{p}' not found")
     if check_model:
         check_model_name(cfg["model"]["name"])
+        if k["teacher"]:
+            check_model_name(k["teacher"])
 
 
 class _Dumper(yaml.SafeDumper):

@@ -154,3 +154,36 @@ def build_mixup_and_criterion(cfg: Dict[str, Any], num_classes: int):
     if a["label_smoothing"] > 0:
         return None, LabelSmoothingCrossEntropy(smoothing=a["label_smoothing"])
     return None, torch.nn.CrossEntropyLoss()
+
+
+class SyntheticLoader:
+    """Random normalised images and labels generated on the device, batch by batch (no data loading).
+
+    Deterministic in (seed, epoch, rank, batch index); mimics the DataLoader attributes the engine uses
+    (``sampler.set_epoch``, ``dataset`` length, ``len``)."""
+
+    def __init__(self, size: int, batch_size: int, img_size: int, num_classes: int, device, seed: int,
+                 rank: int, world: int, drop_last: bool = True):
+        self.dataset = range(size)
+        self.batch_size, self.img_size, self.num_classes = batch_size, img_size, num_classes
+        self.device, self.seed, self.rank, self.world = torch.device(device), seed, rank, world
+        per_rank = size // world
+        self.n_batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+        self.per_rank = per_rank
+        self.epoch = 0
+        self.sampler = self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.n_batches
+
+    def __iter__(self):
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 1_000_003 + self.epoch * 7919 + self.rank) % (2 ** 63))
+        for i in range(self.n_batches):
+            n = min(self.batch_size, self.per_rank - i * self.batch_size)
+            x = torch.randn(n, 3, self.img_size, self.img_size, device=self.device, generator=g)
+            y = torch.randint(0, self.num_classes, (n,), device=self.device, generator=g)
+            yield x, y

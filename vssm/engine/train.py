@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="recipe YAML (path or name under configs/classification/); "
                                     "default: the built-in digits recipe")
     g.add_argument("--data", help="ImageFolder root with train/ and val/ (default: embedded digits)")
+    g.add_argument("--synthetic", action="store_true", default=None,
+                   help="random ImageNet-shaped tensors on the device instead of data (throughput runs)")
     g.add_argument("--img-size", type=int)
     g.add_argument("--workers", type=int)
     g = p.add_argument_group("model")
@@ -73,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=C.DEVICE_CHOICES)
     g.add_argument("--max-steps-per-epoch", type=int, help="cap optimizer steps per epoch (smoke runs)")
+    g = p.add_argument_group("distillation (DeiT / GroupMamba)")
+    g.add_argument("--teacher", help="frozen teacher model name (enables distillation)")
+    g.add_argument("--teacher-checkpoint", metavar="PATH", help="teacher weights (local file)")
+    g.add_argument("--distill-type", choices=("hard", "soft", "none"))
+    g.add_argument("--distill-alpha", type=float)
+    g.add_argument("--distill-tau", type=float)
     g = p.add_argument_group("output")
     g.add_argument("--output", help="run directory (default: output/train/<model>-<data>-<time>)")
     g.add_argument("--resume", metavar="CKPT", help="checkpoint to continue from, or 'auto' for <output>/last.pth")
@@ -85,13 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flag_overrides(args) -> Dict[str, Any]:
-    ov: Dict[str, Dict[str, Any]] = {s: {} for s in ("model", "data", "optim", "sched", "train", "ema", "output")}
+    ov: Dict[str, Dict[str, Any]] = {s: {} for s in ("model", "data", "optim", "sched", "train", "ema", "output",
+                                                     "distill")}
 
     def put(sec, key, val):
         if val is not None:
             ov[sec][key] = val
 
-    put("data", "root", args.data); put("data", "img_size", args.img_size); put("data", "workers", args.workers)
+    put("data", "synthetic", args.synthetic); put("data", "root", args.data); put("data", "img_size", args.img_size); put("data", "workers", args.workers)
     put("model", "name", args.model); put("model", "pretrained", args.pretrained)
     put("model", "drop_path_rate", args.drop_path_rate); put("model", "grad_checkpointing", args.grad_checkpointing)
     put("sched", "epochs", args.epochs); put("sched", "warmup_epochs", args.warmup_epochs)
@@ -101,6 +110,9 @@ def _flag_overrides(args) -> Dict[str, Any]:
     put("train", "seed", args.seed); put("train", "device", args.device)
     put("train", "max_steps_per_epoch", args.max_steps_per_epoch)
     put("ema", "decay", args.ema_decay)
+    put("distill", "teacher", args.teacher); put("distill", "teacher_checkpoint", args.teacher_checkpoint)
+    put("distill", "kind", args.distill_type); put("distill", "alpha", args.distill_alpha)
+    put("distill", "tau", args.distill_tau)
     if args.no_ema:
         ov["ema"]["enabled"] = False
     put("output", "dir", args.output); put("output", "keep_epochs", args.keep_epochs)
@@ -164,7 +176,8 @@ def _make_run_dir(cfg: Dict[str, Any]) -> Path:
     o = cfg["output"]
     if o["dir"]:
         return Path(o["dir"]).expanduser()
-    data = "digits" if cfg["data"]["root"] is None else (Path(cfg["data"]["root"]).name or "data")
+    data = ("synthetic" if cfg["data"]["synthetic"] else "digits" if cfg["data"]["root"] is None
+            else (Path(cfg["data"]["root"]).name or "data"))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(o["root"]).expanduser() / f"{cfg['model']['name']}-{data}-{stamp}"
 
@@ -206,18 +219,22 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
 
         # --- output dir (rank 0 decides) and data -------------------------------------------------
         out_dir = Path(env.broadcast_object(str(_make_run_dir(cfg)) if env.is_main else None))
-        if d["root"] is None:
-            if env.is_main:
-                prepare_digits(d["img_size"])
-            env.barrier()
-            data_root = prepare_digits(d["img_size"], verbose=False)
+        synthetic = bool(d["synthetic"])
+        if synthetic:
+            data_root, n_classes = Path("synthetic"), int(d["synthetic_classes"])
         else:
-            data_root = Path(d["root"]).expanduser()
-        train_dir, val_dir = str(Path(data_root) / d["train_split"]), str(Path(data_root) / d["val_split"])
+            if d["root"] is None:
+                if env.is_main:
+                    prepare_digits(d["img_size"])
+                env.barrier()
+                data_root = prepare_digits(d["img_size"], verbose=False)
+            else:
+                data_root = Path(d["root"]).expanduser()
+            train_dir, val_dir = str(Path(data_root) / d["train_split"]), str(Path(data_root) / d["val_split"])
+            from torchvision.datasets.folder import find_classes
+            n_classes = len(find_classes(train_dir)[0])
 
         # --- model ----------------------------------------------------------------------------------
-        from torchvision.datasets.folder import find_classes
-        n_classes = len(find_classes(train_dir)[0])
         mk = dict(m["kwargs"])
         if m["drop_path_rate"] is not None:
             mk["drop_path_rate"] = m["drop_path_rate"]
@@ -236,12 +253,20 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
         n_params = sum(p.numel() for p in model.parameters())
 
         # --- data loaders -----------------------------------------------------------------------------
-        mean, std = DM.resolve_norm(cfg, model)
-        train_ds, train_loader = DM.build_train_loader(cfg, train_dir, mean, std, env.rank, env.world_size,
-                                                       dev.type == "cuda")
         micro = C.per_rank_batch(cfg, env.world_size)
-        _, val_loader = DM.build_val_loader(cfg, val_dir, mean, std, env.rank, env.world_size, dev.type == "cuda",
-                                            batch_size=t["val_batch_size"] or 2 * micro)
+        val_bs = t["val_batch_size"] or 2 * micro
+        if synthetic:
+            train_loader = DM.SyntheticLoader(d["synthetic_train_size"], micro, d["img_size"], n_classes, dev,
+                                              seed, env.rank, env.world_size)
+            val_loader = DM.SyntheticLoader(d["synthetic_val_size"], val_bs, d["img_size"], n_classes, dev,
+                                            seed + 1, env.rank, env.world_size, drop_last=False)
+            train_ds = train_loader.dataset
+        else:
+            mean, std = DM.resolve_norm(cfg, model)
+            train_ds, train_loader = DM.build_train_loader(cfg, train_dir, mean, std, env.rank, env.world_size,
+                                                           dev.type == "cuda")
+            _, val_loader = DM.build_val_loader(cfg, val_dir, mean, std, env.rank, env.world_size,
+                                                dev.type == "cuda", batch_size=val_bs)
         accum = t["accum_steps"]
         updates_per_epoch = len(train_loader) // accum
         if t["max_steps_per_epoch"]:
@@ -250,6 +275,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
             raise C.ConfigError(f"the train split has {len(train_ds)} images, fewer than one global batch "
                                 f"({t['batch_size']}); lower --batch-size")
         mixup, criterion = DM.build_mixup_and_criterion(cfg, n_classes)
+        criterion = _wrap_distill(cfg, criterion, n_classes, dev, log)
 
         # --- EMA, optimizer, schedule, scaler ----------------------------------------------------------
         ema = ModelEmaV3(model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"]) if cfg["ema"]["enabled"] else None
@@ -373,6 +399,17 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
         D.cleanup()
 
 
+def _wrap_distill(cfg, criterion, n_classes, device, log):
+    """Always a DistillationLoss (tuple-safe); with a teacher it adds the DeiT/GroupMamba term."""
+    from .distill import DistillationLoss, build_teacher
+    k = cfg["distill"]
+    if not k["teacher"] or k["kind"] == "none":
+        return DistillationLoss(criterion, None, kind="none")
+    teacher = build_teacher(k["teacher"], k["teacher_checkpoint"], num_classes=n_classes, device=device, log=log)
+    log(f"distillation: {k['kind']} from teacher {k['teacher']} (alpha {k['alpha']}, tau {k['tau']})")
+    return DistillationLoss(criterion, teacher, kind=k["kind"], alpha=k["alpha"], tau=k["tau"])
+
+
 def _atomic_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)
@@ -411,7 +448,9 @@ def _train_one_epoch(cfg, env, model, model_core, ema, optimizer, scheduler, sca
                 with sync:
                     with _autocast(dev, amp):
                         out = model(images)
-                    loss = criterion(out.float(), target)
+                        # tuple-safe (distilled students return (logits, dist_logits)); the teacher, if any,
+                        # labels the same mixed images under the same autocast
+                        loss = criterion(images, out, target)
                     scaler.scale(loss / accum).backward()
                 upd_loss += loss.detach().double() / accum
             # one all-reduce per step: logging value, and every rank sees the same non-finite verdict

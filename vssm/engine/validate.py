@@ -45,6 +45,8 @@ def evaluate(model: torch.nn.Module, loader, env, amp: str = "none", channels_la
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_ctx(dev, amp):
             out = model(images)
+        if isinstance(out, (tuple, list)):  # a distilled student that returns both heads: average them
+            out = (out[0].float() + out[1].float()) / 2
         out = out.float()
         loss = F.cross_entropy(out, target, reduction="sum")
         k = min(5, out.shape[1])
