@@ -13,7 +13,6 @@ is already in that convention.  By default the model runs on the ``meta`` device
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import sys
 from collections import defaultdict
