@@ -333,7 +333,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: EfficientVMamba) -> Dict[str, 
     sd = _unwrap(state_dict)
     if not any(k.startswith("stem.") for k in sd):
         sd = _official_to_ours(sd, [len(s.blocks) for s in model.stages])
-    return remap_state_dict(sd, model, rules=[])
+    return remap_state_dict(sd, model, rules=[], input_conv="stem.proj")  # timm adapts it for in_chans != 3
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
