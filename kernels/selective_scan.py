@@ -30,11 +30,19 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
+_OPAQUE_BACKWARD: set[str] = set()  # backends whose explicit backward runs as the op vssm::selective_scan_backward
 
 
 def register_backend(name, forward, backward=None, devices=None, priority=0):
-    """Add a backend. Without ``backward`` the gradient is autograd through a recomputed ``forward``."""
+    """Add a backend. Without ``backward`` the gradient is autograd through a recomputed ``forward``.
+
+    An explicit ``backward`` (a kernel) is called through its own opaque custom op, so that torch.compile's
+    AOT autograd never traces into it with fake tensors."""
     _BACKENDS[name] = Backend(name, forward, backward or _recompute_backward(forward), devices, priority)
+    if backward is not None:
+        _OPAQUE_BACKWARD.add(name)
+    else:
+        _OPAQUE_BACKWARD.discard(name)
 
 
 def list_backends() -> list[str]:
@@ -94,8 +102,25 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y):
-    grads = _BACKENDS[ctx.backend].backward(grad_y, *ctx.saved_tensors, ctx.delta_softplus)
+    if ctx.backend in _OPAQUE_BACKWARD:
+        grads = torch.ops.vssm.selective_scan_backward(grad_y, *ctx.saved_tensors, ctx.delta_softplus, ctx.backend)
+    else:
+        grads = _BACKENDS[ctx.backend].backward(grad_y, *ctx.saved_tensors, ctx.delta_softplus)
     return (*grads, None, None)
+
+
+@torch.library.custom_op("vssm::selective_scan_backward", mutates_args=())
+def _selective_scan_backward_op(
+        grad_y: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+        C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _BACKENDS[backend].backward(grad_y.contiguous(), u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return tuple(grads)
+
+
+@_selective_scan_backward_op.register_fake
+def _(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus, backend):
+    return tuple(torch.empty_like(t) for t in (u, delta, A, B, C, D, delta_bias))
 
 
 _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)

@@ -84,45 +84,102 @@ def _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS: tl.c
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Tiles are 2D: one row per (channel, state) pair, r = d * NP + n, and BLOCK_L steps along the sequence. With
+# N = 1 a row is a channel; with N > 1 the NP rows of a channel are summed for y (and du, ddelta).
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _chan_sum(x, BLOCK_D: tl.constexpr, NP: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(BLOCK_D*NP, BLOCK_L) per-row values -> (BLOCK_D, BLOCK_L) summed over the states of each channel."""
+    if NP == 1:
+        return x
+    else:
+        return tl.sum(tl.reshape(x, (BLOCK_D, NP, BLOCK_L)), axis=1)
+
+
+@triton.jit
+def _group_sum(x, BLOCK_D: tl.constexpr, NP: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(BLOCK_D*NP, BLOCK_L) per-row values -> (NP, BLOCK_L) summed over the channels of the program."""
+    if NP == 1:
+        return tl.sum(x, axis=0)[None, :]
+    else:
+        return tl.sum(tl.reshape(x, (BLOCK_D, NP, BLOCK_L)), axis=0)
+
+
+@triton.jit
+def _tile(pid_d, pid_bg, L, DG, G, N, NP: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per-row indices of a program's tile."""
+    g = pid_bg % G
+    r = tl.arange(0, BLOCK_D * NP)
+    n = r % NP
+    offs_d = pid_d * BLOCK_D + r // NP
+    mask_r = (offs_d < DG) & (n < N)
+    chan = g * DG + offs_d  # channel within G*D
+    seq = (pid_bg - g) * DG + chan  # b*G*D + chan: the sequence index of u/delta/y
+    row_off = seq.to(tl.int64) * L
+    bc_off = (pid_bg.to(tl.int64) * N + n) * L  # row of B/C of (b, g, n)
+    # channel-level offsets (rows of y, du, ddelta) for N > 1
+    dd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_c = dd < DG
+    chan_off = ((pid_bg - g) * DG + g * DG + dd).to(tl.int64) * L
+    return n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
 def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
                 L, DG, G, N,
                 SOFTPLUS: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    pid_d = tl.program_id(0)
-    pid_bg = tl.program_id(1)  # b * G + g
-    g = pid_bg % G
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DG
-    chan = g * DG + offs_d  # channel index within G*D
-    row_off = ((pid_bg - g) * DG + chan).to(tl.int64) * L  # ((b*G*D) + chan) * L
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    bc_off = (pid_bg.to(tl.int64) * N + offs_n) * L  # rows of B/C for this (b, g)
+    n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
+        tl.program_id(0), tl.program_id(1), L, DG, G, N, NP, BLOCK_D)
+    A2 = tl.load(A_ptr + chan * N + n, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
+    Dv = tl.load(D_ptr + chan, mask=mask_r & (n == 0), other=0.0).to(tl.float32)  # skip term on row n=0
+    bias = tl.load(bias_ptr + chan, mask=mask_r, other=0.0).to(tl.float32)
+    if NP == 1:
+        y_off = row_off
+        y_mask = mask_r
+    else:
+        y_off = chan_off
+        y_mask = mask_c
 
-    A2 = tl.load(A_ptr + chan[:, None] * N + offs_n[None, :], mask=mask_d[:, None] & mask_n[None, :],
-                 other=0.0).to(tl.float32) * 1.4426950408889634  # (BLOCK_D, NP), log2 units
-    Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
-
-    last = (tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :]
-    h = tl.zeros((BLOCK_D, NP), dtype=tl.float32)
+    ar = tl.arange(0, BLOCK_L)
+    last = (ar == BLOCK_L - 1)[None, :]
+    u_ptrs = u_ptr + row_off[:, None] + ar[None, :]
+    d_ptrs = delta_ptr + row_off[:, None] + ar[None, :]
+    b_ptrs = B_ptr + bc_off[:, None] + ar[None, :]
+    c_ptrs = C_ptr + bc_off[:, None] + ar[None, :]
+    m = mask_r[:, None] & (ar < L)[None, :]
+    u_nx = tl.load(u_ptrs, mask=m, other=0.0)
+    d_nx = tl.load(d_ptrs, mask=m, other=0.0)
+    b_nx = tl.load(b_ptrs, mask=m, other=0.0)
+    c_nx = tl.load(c_ptrs, mask=m, other=0.0)
+    h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
     for l0 in range(0, L, BLOCK_L):
-        offs_l = l0 + tl.arange(0, BLOCK_L)
-        mask_l = offs_l < L
-        mask_2d = mask_d[:, None] & mask_l[None, :]
-        mask_nl = mask_n[:, None] & mask_l[None, :]
-        u, pre, dt = _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS)
-        Bt = tl.load(B_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
-        alpha = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, NP, BLOCK_L)
-        drive = (dt * u)[:, None, :] * Bt[None, :, :]
-        sa, sb = tl.associative_scan((alpha, drive), 2, _affine_combine)
-        hs = sb + sa * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1) + Dv[:, None] * u
-        tl.store(y_ptr + row_off[:, None] + offs_l[None, :], y.to(y_ptr.dtype.element_ty), mask=mask_2d)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)
+        u = u_nx.to(tl.float32)
+        pre = d_nx.to(tl.float32) + bias[:, None]
+        Bt = b_nx.to(tl.float32)
+        Ct = c_nx.to(tl.float32)
+        offs_l = l0 + ar
+        mask2 = mask_r[:, None] & (offs_l < L)[None, :]
+        # prefetch the next chunk while this one is scanned
+        m = mask_r[:, None] & (offs_l + BLOCK_L < L)[None, :]
+        u_nx = tl.load(u_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        c_nx = tl.load(c_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        if SOFTPLUS:
+            dt = _softplus(pre)
+        else:
+            dt = pre
+        dt = tl.where(mask2, dt, 0.0)
+        alpha = tl.exp2(dt * A2[:, None])
+        sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
+        hs = sb + sa * h[:, None]
+        y = _chan_sum(hs * Ct + Dv[:, None] * u, BLOCK_D, NP, BLOCK_L)
+        tl.store(y_ptr + y_off[:, None] + offs_l[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=y_mask[:, None] & (offs_l < L)[None, :])
+        h = tl.sum(tl.where(last, hs, 0.0), axis=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,97 +191,149 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
                 L, DG, G, N, NCHUNK,
                 SOFTPLUS: tl.constexpr, ATOMIC_BC: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr,
                 NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    pid_d = tl.program_id(0)
     pid_bg = tl.program_id(1)
-    g = pid_bg % G
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DG
-    chan = g * DG + offs_d
-    row = (pid_bg - g) * DG + chan  # b*G*D + chan
-    row_off = row.to(tl.int64) * L
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    bc_off = (pid_bg.to(tl.int64) * N + offs_n) * L
-    state_off = (row.to(tl.int64) * NCHUNK)[:, None] * NP + offs_n[None, :]  # + chunk * NP
-
-    A = tl.load(A_ptr + chan[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
+        tl.program_id(0), pid_bg, L, DG, G, N, NP, BLOCK_D)
+    chan_c = (pid_bg % G) * DG + tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)  # channels, N > 1 path
+    A = tl.load(A_ptr + chan * N + n, mask=mask_r, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
-    Dv = tl.load(D_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + chan, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + chan, mask=mask_r & (n == 0), other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + chan, mask=mask_r, other=0.0).to(tl.float32)
+    state_off = seq.to(tl.int64) * NCHUNK * NP + n
     ar = tl.arange(0, BLOCK_L)
-    last = (ar == BLOCK_L - 1)[None, None, :]
-    first = (ar == 0)[None, None, :]
+    last = (ar == BLOCK_L - 1)[None, :]
+    first = (ar == 0)[None, :]
+    u_ptrs = u_ptr + row_off[:, None] + ar[None, :]
+    d_ptrs = delta_ptr + row_off[:, None] + ar[None, :]
+    b_ptrs = B_ptr + bc_off[:, None] + ar[None, :]
 
     # pass 1: the state at the start of every chunk
-    h = tl.zeros((BLOCK_D, NP), dtype=tl.float32)
+    m = mask_r[:, None] & (ar < L)[None, :]
+    u_nx = tl.load(u_ptrs, mask=m, other=0.0)
+    d_nx = tl.load(d_ptrs, mask=m, other=0.0)
+    b_nx = tl.load(b_ptrs, mask=m, other=0.0)
+    h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
     for c in range(0, NCHUNK):
-        tl.store(state_ptr + state_off + c * NP, h, mask=mask_d[:, None])
-        offs_l = c * BLOCK_L + ar
-        mask_l = offs_l < L
-        mask_2d = mask_d[:, None] & mask_l[None, :]
-        u, pre, dt = _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS)
-        Bt = tl.load(B_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_n[:, None] & mask_l[None, :],
-                     other=0.0).to(tl.float32)
-        alpha = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        drive = (dt * u)[:, None, :] * Bt[None, :, :]
-        sa, sb = tl.associative_scan((alpha, drive), 2, _affine_combine)
-        h = tl.sum(tl.where(last, sb + sa * h[:, :, None], 0.0), axis=2)
+        tl.store(state_ptr + state_off + c * NP, h, mask=mask_r)
+        l0 = c * BLOCK_L
+        u = u_nx.to(tl.float32)
+        pre = d_nx.to(tl.float32) + bias[:, None]
+        Bt = b_nx.to(tl.float32)
+        mask2 = mask_r[:, None] & (l0 + ar < L)[None, :]
+        m = mask_r[:, None] & (l0 + BLOCK_L + ar < L)[None, :]
+        u_nx = tl.load(u_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        if SOFTPLUS:
+            dt = _softplus(pre)
+        else:
+            dt = pre
+        dt = tl.where(mask2, dt, 0.0)
+        alpha = tl.exp2(dt * A2[:, None])
+        sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
+        h = tl.sum(tl.where(last, sb + sa * h[:, None], 0.0), axis=1)
     tl.debug_barrier()  # pass 2 reads states written by other threads of this program
 
     # pass 2: chunks from last to first
-    q = tl.zeros((BLOCK_D, NP), dtype=tl.float32)  # alpha_s g_s at the start s of the later chunk
-    dA_acc = tl.zeros((BLOCK_D, NP), dtype=tl.float32)
+    dy_ptrs = dy_ptr + row_off[:, None] + ar[None, :]
+    cc_ptrs = C_ptr + bc_off[:, None] + ar[None, :]
+    l_last = (NCHUNK - 1) * BLOCK_L
+    m = mask_r[:, None] & (l_last + ar < L)[None, :]
+    u_nx = tl.load(u_ptrs + l_last, mask=m, other=0.0)
+    d_nx = tl.load(d_ptrs + l_last, mask=m, other=0.0)
+    b_nx = tl.load(b_ptrs + l_last, mask=m, other=0.0)
+    c_nx = tl.load(cc_ptrs + l_last, mask=m, other=0.0)
+    dy_nx = tl.load(dy_ptrs + l_last, mask=m, other=0.0)
+    q = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)  # alpha_s g_s at the start s of the later chunk
+    dA_acc = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    n_idx = tl.arange(0, NP)
+    bc_rows = (pid_bg.to(tl.int64) * N + n_idx) * L
     for k in range(0, NCHUNK):
         c = NCHUNK - 1 - k
-        offs_l = c * BLOCK_L + ar
+        l0 = c * BLOCK_L
+        offs_l = l0 + ar
         mask_l = offs_l < L
-        mask_2d = mask_d[:, None] & mask_l[None, :]
-        mask_nl = mask_n[:, None] & mask_l[None, :]
-        u, pre, dt = _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS)
-        dy = tl.load(dy_ptr + row_off[:, None] + offs_l[None, :], mask=mask_2d, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + bc_off[:, None] + offs_l[None, :], mask=mask_nl, other=0.0).to(tl.float32)
-        h0 = tl.load(state_ptr + state_off + c * NP, mask=mask_d[:, None], other=0.0)
+        mask2 = mask_r[:, None] & mask_l[None, :]
+        u = u_nx.to(tl.float32)
+        pre = d_nx.to(tl.float32) + bias[:, None]
+        Bt = b_nx.to(tl.float32)
+        Ct = c_nx.to(tl.float32)
+        dy = dy_nx.to(tl.float32)
+        h0 = tl.load(state_ptr + state_off + c * NP, mask=mask_r, other=0.0)
+        m = mask_r[:, None] & (l0 - BLOCK_L + ar >= 0)[None, :]
+        u_nx = tl.load(u_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+        d_nx = tl.load(d_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+        b_nx = tl.load(b_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+        c_nx = tl.load(cc_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+        dy_nx = tl.load(dy_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
 
-        alpha = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        if SOFTPLUS:
+            dt = _softplus(pre)
+        else:
+            dt = pre
+        dt = tl.where(mask2, dt, 0.0)
+        alpha = tl.exp2(dt * A2[:, None])
         x = dt * u
-        xB = x[:, None, :] * Bt[None, :, :]
-        sa, sb = tl.associative_scan((alpha, xB), 2, _affine_combine)
-        hs = sb + sa * h0[:, :, None]  # states h_t of the chunk
+        xB = x * Bt
+        sa, sb = tl.associative_scan((alpha, xB), 1, _affine_combine)
+        hs = sb + sa * h0[:, None]  # states h_t of the chunk
 
-        rhs = Ct[None, :, :] * dy[:, None, :]
+        rhs = Ct * dy
         ones = tl.full(alpha.shape, 1.0, tl.float32)
         if REVERSE_BY_FLIP:
-            _f, m, s = tl.associative_scan((tl.flip(alpha, 2), ones, tl.flip(rhs, 2)), 2, _adjoint_combine)
-            m = tl.flip(m, 2)
-            s = tl.flip(s, 2)
+            _f, mm, s = tl.associative_scan((tl.flip(alpha, 1), ones, tl.flip(rhs, 1)), 1, _adjoint_combine)
+            mm = tl.flip(mm, 1)
+            s = tl.flip(s, 1)
         else:
-            _f, m, s = tl.associative_scan((alpha, ones, rhs), 2, _adjoint_combine, reverse=True)
-        gs = s + m * q[:, :, None]  # dL/dh_t
-        q = tl.sum(tl.where(first, alpha * gs, 0.0), axis=2)
+            _f, mm, s = tl.associative_scan((alpha, ones, rhs), 1, _adjoint_combine, reverse=True)
+        gs = s + mm * q[:, None]  # dL/dh_t
+        q = tl.sum(tl.where(first, alpha * gs, 0.0), axis=1)
 
-        dx = tl.sum(gs * Bt[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
         da = gs * (hs - xB)
-        ddt = dx * u + tl.sum(da * A[:, :, None], axis=1)
-        du = dx * dt + Dv[:, None] * dy
-        dA_acc += tl.sum(da * dt[:, None, :], axis=2)
-        dD_acc += tl.sum(dy * u, axis=1)
+        dA_acc += tl.sum(da * dt, axis=1)
+        dx = _chan_sum(gs * Bt, BLOCK_D, NP, BLOCK_L)  # dL/dx_t, x_t = dt_t u_t
+        da_A = _chan_sum(da * A[:, None], BLOCK_D, NP, BLOCK_L)
+        if NP == 1:
+            u_c = u
+            dt_c = dt
+            pre_c = pre
+            dy_c = dy
+            D_c = Dv
+            mask_cl = mask2
+            out_off = row_off
+        else:  # channel-level copies (cache hits: the same rows were just read for every state)
+            mask_cl = mask_c[:, None] & mask_l[None, :]
+            cptr = chan_off[:, None] + offs_l[None, :]
+            u_c = tl.load(u_ptr + cptr, mask=mask_cl, other=0.0).to(tl.float32)
+            dy_c = tl.load(dy_ptr + cptr, mask=mask_cl, other=0.0).to(tl.float32)
+            bias_c = tl.load(bias_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
+            D_c = tl.load(D_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
+            pre_c = tl.load(delta_ptr + cptr, mask=mask_cl, other=0.0).to(tl.float32) + bias_c[:, None]
+            if SOFTPLUS:
+                dt_c = _softplus(pre_c)
+            else:
+                dt_c = pre_c
+            dt_c = tl.where(mask_cl, dt_c, 0.0)
+            out_off = chan_off
+        du = dx * dt_c + D_c[:, None] * dy_c
+        ddt = dx * u_c + da_A
         if SOFTPLUS:
-            ddelta = ddt * _sigmoid(pre)
+            ddelta = ddt * _sigmoid(pre_c)
         else:
             ddelta = ddt
-        ddelta = tl.where(mask_2d, ddelta, 0.0)
+        ddelta = tl.where(mask_cl, ddelta, 0.0)
+        dD_acc += tl.sum(dy_c * u_c, axis=1)
         dbias_acc += tl.sum(ddelta, axis=1)
-        tl.store(du_ptr + row_off[:, None] + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_2d)
-        tl.store(ddelta_ptr + row_off[:, None] + offs_l[None, :], ddelta.to(ddelta_ptr.dtype.element_ty),
-                 mask=mask_2d)
+        optr = out_off[:, None] + offs_l[None, :]
+        tl.store(du_ptr + optr, du.to(du_ptr.dtype.element_ty), mask=mask_cl)
+        tl.store(ddelta_ptr + optr, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_cl)
 
-        dB = tl.sum(gs * x[:, None, :], axis=0)  # (NP, BLOCK_L): sum over the channels of this program
-        dC = tl.sum(hs * dy[:, None, :], axis=0)
-        bc_ptrs = bc_off[:, None] + offs_l[None, :]
+        dB = _group_sum(gs * x, BLOCK_D, NP, BLOCK_L)  # (NP, BLOCK_L): summed over the program's channels
+        dC = _group_sum(hs * dy, BLOCK_D, NP, BLOCK_L)
+        bc_ptrs = bc_rows[:, None] + offs_l[None, :]
+        mask_nl = (n_idx < N)[:, None] & mask_l[None, :]
         if ATOMIC_BC:
             tl.atomic_add(dB_ptr + bc_ptrs, dB, mask=mask_nl)
             tl.atomic_add(dC_ptr + bc_ptrs, dC, mask=mask_nl)
@@ -233,26 +342,25 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
             tl.store(dC_ptr + bc_ptrs, dC, mask=mask_nl)
 
     # per-batch partial sums, reduced over the batch by the caller
-    tl.store(dA_ptr + row[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
-    tl.store(dD_ptr + row, dD_acc, mask=mask_d)
-    tl.store(dbias_ptr + row, dbias_acc, mask=mask_d)
+    tl.store(dA_ptr + seq * N + n, dA_acc, mask=mask_r)
+    seq_c = (pid_bg - pid_bg % G) * DG + chan_c
+    tl.store(dD_ptr + seq_c, dD_acc, mask=mask_c)
+    tl.store(dbias_ptr + seq_c, dbias_acc, mask=mask_c)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Python wrappers
 # ----------------------------------------------------------------------------------------------------------
 def pick_config(n_state: int, length: int, channels_per_group: int, backward: bool = False) -> dict:
-    """Block sizes and warps for a problem; ``BLOCK_D * NP * BLOCK_L`` sets the register tile."""
+    """Block sizes and warps: a program holds BLOCK_D channels x NP states (rows) x BLOCK_L steps."""
     np2 = triton.next_power_of_2(n_state)
-    if np2 <= 2:
-        block_l, block_d, warps = 256, 4, 4
-    elif np2 <= 4:
-        block_l, block_d, warps = 128, 4, 4
-    else:
-        block_l, block_d, warps = 64, 2 if backward else 4, 4
+    block_l = 256 if np2 <= 2 else (128 if np2 <= 4 else 64)
+    block_d = max(1, 8 // np2) if np2 <= 8 else 1
+    if np2 >= 16:
+        block_d = 2
     block_l = min(block_l, max(16, triton.next_power_of_2(length)))
     block_d = min(block_d, triton.next_power_of_2(channels_per_group))
-    return dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+    return dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4)
 
 
 # Overrides for tests and benchmarks: keys BLOCK_D, BLOCK_L, num_warps, REVERSE_BY_FLIP.

