@@ -37,6 +37,9 @@ PUBLISHED_GFLOPS = {
     "vmamba_small": 8.7,
     "vmamba_base": 15.4,
     "vanilla_vmamba_tiny": 5.6,
+    "efficient_vmamba_tiny": 0.8,  # EfficientVMamba paper / official README
+    "efficient_vmamba_small": 1.3,
+    "efficient_vmamba_base": 4.0,
 }
 
 # ops whose torch count is already in the one-FLOP-per-multiply-add convention
