@@ -40,6 +40,8 @@ PUBLISHED_GFLOPS = {
     "efficient_vmamba_tiny": 0.8,  # EfficientVMamba paper / official README
     "efficient_vmamba_small": 1.3,
     "efficient_vmamba_base": 4.0,
+    "local_vmamba_tiny": 5.7,  # LocalMamba paper / official README
+    "local_vmamba_small": 11.4,
 }
 
 # ops whose torch count is already in the one-FLOP-per-multiply-add convention
