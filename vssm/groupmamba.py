@@ -379,7 +379,7 @@ class GroupMamba(nn.Module):
         mixer_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, d_conv=ssm_conv, reduction=cam_reduction,
                             scan_backend=scan_backend)
         self.stem = GroupMambaStem(in_chans, stem_hidden_dim, dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.Sequential()
         self.feature_info = []
         stride, start = 4, 0
