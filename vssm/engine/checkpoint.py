@@ -97,7 +97,9 @@ def load_weights(model: torch.nn.Module, ckpt: Any, prefer_ema: bool = False, st
     if callable(filt):
         try:
             sd = filt(sd, model)
-        except Exception as e:  # filter written for another layout: use keys as they are
+        except Exception as e:
+            if strict:
+                raise ValueError(f"checkpoint does not fit {type(model).__name__}: {e}") from None
             log(f"checkpoint_filter_fn of {mod.__name__} failed ({e}); loading keys as-is")
     own = model.state_dict()
     mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]

@@ -309,6 +309,8 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
             model.compile()
         if env.distributed:
             ddp_kw = {"device_ids": [dev.index]} if dev.type == "cuda" else {}
+            if m["grad_checkpointing"]:
+                ddp_kw["static_graph"] = True  # re-entrant activation checkpointing under DDP
             model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kw)
 
         # per-rank RNG streams (drop path, mixup): restored exactly on resume, else seeded by rank

@@ -181,7 +181,11 @@ def run(args) -> Dict[str, Any]:
         n_classes = args.num_classes or len(ImageFolder(val_dir).classes)
         kwargs = dict(cfg["model"]["kwargs"])
         model = timm.create_model(cfg["model"]["name"], num_classes=n_classes, **kwargs)
-        info = load_weights(model, ckpt, prefer_ema=args.ema, log=(print if env.is_main else (lambda *a: None)))
+        try:
+            info = load_weights(model, ckpt, prefer_ema=args.ema, strict=True,
+                                log=(print if env.is_main else (lambda *a: None)))
+        except ValueError as e:
+            raise C.ConfigError(f"{args.checkpoint}: {e} (model {cfg['model']['name']}, {n_classes} classes)") from None
         model.to(env.device)
         mean, std = resolve_norm(cfg, model)
         bs = args.batch_size or 128
