@@ -42,6 +42,9 @@ PUBLISHED_GFLOPS = {
     "efficient_vmamba_base": 4.0,
     "local_vmamba_tiny": 5.7,  # LocalMamba paper / official README
     "local_vmamba_small": 11.4,
+    "groupmamba_tiny": 4.5,  # GroupMamba paper
+    "groupmamba_small": 7.0,
+    "groupmamba_base": 14.0,
 }
 
 # ops whose torch count is already in the one-FLOP-per-multiply-add convention
