@@ -14,6 +14,7 @@ also be trained without a teacher. A plain tensor output is accepted only then.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
@@ -101,19 +102,23 @@ class DistillationLoss(nn.Module):
 
 
 def build_teacher(name: str, checkpoint: Optional[Union[str, Mapping[str, Any]]] = None, num_classes: int = 1000,
-                  in_chans: int = 3, device: Union[str, torch.device] = "cpu", log=print, **model_kwargs) -> nn.Module:
+                  in_chans: int = 3, device: Union[str, torch.device] = "cpu", log=print,
+                  allow_random: bool = False, **model_kwargs) -> nn.Module:
     """A frozen teacher: ``timm.create_model(name, pretrained=False, ...)`` (any timm or vssm model) with the
     weights of ``checkpoint`` (a path or a loaded dict: ours, an official ``{'model': sd}`` file, or a bare
     state dict; official layouts go through the model's ``checkpoint_filter_fn``). Loading is strict.
-    Nothing is downloaded; without a checkpoint the teacher keeps its random init (tests only)."""
+    Nothing is downloaded: without a checkpoint this raises, unless ``allow_random`` (smoke tests only)."""
     import timm
     import vssm  # noqa: F401  (registers the vssm models)
     from . import checkpoint as ckpt_mod
 
+    if checkpoint is None and not allow_random:
+        raise ValueError(f"teacher {name!r} needs its weights: pass a local checkpoint file (--teacher-checkpoint); "
+                         "nothing is downloaded")
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
     if checkpoint is not None:
-        ck = ckpt_mod.load(checkpoint) if isinstance(checkpoint, str) else checkpoint
+        ck = ckpt_mod.load(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
         ckpt_mod.load_weights(model, ck, prefer_ema=False, strict=True, log=log)
     elif log is not None:
-        log(f"teacher {name}: no checkpoint given, random weights")
+        log(f"teacher {name}: no checkpoint given, RANDOM weights (allow_random=True)")
     return model.to(device).eval().requires_grad_(False)
