@@ -190,7 +190,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
                 du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
                 L, DG, G, N, NCHUNK,
                 SOFTPLUS: tl.constexpr, ATOMIC_BC: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr,
-                NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
         tl.program_id(0), pid_bg, L, DG, G, N, NP, BLOCK_D)
@@ -216,14 +216,19 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
     for c in range(0, NCHUNK):
         tl.store(state_ptr + state_off + c * NP, h, mask=mask_r)
         l0 = c * BLOCK_L
-        u = u_nx.to(tl.float32)
-        pre = d_nx.to(tl.float32) + bias[:, None]
-        Bt = b_nx.to(tl.float32)
         mask2 = mask_r[:, None] & (l0 + ar < L)[None, :]
-        m = mask_r[:, None] & (l0 + BLOCK_L + ar < L)[None, :]
-        u_nx = tl.load(u_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
-        d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
-        b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        if PREFETCH:
+            u = u_nx.to(tl.float32)
+            pre = d_nx.to(tl.float32) + bias[:, None]
+            Bt = b_nx.to(tl.float32)
+            m = mask_r[:, None] & (l0 + BLOCK_L + ar < L)[None, :]
+            u_nx = tl.load(u_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+            d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+            b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        else:
+            u = tl.load(u_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
+            pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
+            Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
         if SOFTPLUS:
             dt = _softplus(pre)
         else:
@@ -256,18 +261,25 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
         offs_l = l0 + ar
         mask_l = offs_l < L
         mask2 = mask_r[:, None] & mask_l[None, :]
-        u = u_nx.to(tl.float32)
-        pre = d_nx.to(tl.float32) + bias[:, None]
-        Bt = b_nx.to(tl.float32)
-        Ct = c_nx.to(tl.float32)
-        dy = dy_nx.to(tl.float32)
         h0 = tl.load(state_ptr + state_off + c * NP, mask=mask_r, other=0.0)
-        m = mask_r[:, None] & (l0 - BLOCK_L + ar >= 0)[None, :]
-        u_nx = tl.load(u_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
-        d_nx = tl.load(d_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
-        b_nx = tl.load(b_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
-        c_nx = tl.load(cc_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
-        dy_nx = tl.load(dy_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+        if PREFETCH:
+            u = u_nx.to(tl.float32)
+            pre = d_nx.to(tl.float32) + bias[:, None]
+            Bt = b_nx.to(tl.float32)
+            Ct = c_nx.to(tl.float32)
+            dy = dy_nx.to(tl.float32)
+            m = mask_r[:, None] & (l0 - BLOCK_L + ar >= 0)[None, :]
+            u_nx = tl.load(u_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+            d_nx = tl.load(d_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+            b_nx = tl.load(b_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+            c_nx = tl.load(cc_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+            dy_nx = tl.load(dy_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+        else:
+            u = tl.load(u_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
+            pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
+            Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
+            Ct = tl.load(cc_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
 
         if SOFTPLUS:
             dt = _softplus(pre)
@@ -352,12 +364,18 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
 # Python wrappers
 # ----------------------------------------------------------------------------------------------------------
 def pick_config(n_state: int, length: int, channels_per_group: int, backward: bool = False) -> dict:
-    """Block sizes and warps: a program holds BLOCK_D channels x NP states (rows) x BLOCK_L steps."""
+    """Block sizes and warps: a program holds BLOCK_D channels x NP states (rows) x BLOCK_L steps.
+
+    Chosen by ``tools/benchmark.py scan --sweep`` on an H100 (bf16, L 3136): N=1 forward 8x128, backward 16x128;
+    N=16 forward 2x32, backward 4x32; 4 warps; the reverse scan through ``tl.flip`` was the faster one.
+    """
     np2 = triton.next_power_of_2(n_state)
-    block_l = 256 if np2 <= 2 else (128 if np2 <= 4 else 64)
-    block_d = max(1, 8 // np2) if np2 <= 8 else 1
-    if np2 >= 16:
-        block_d = 2
+    if np2 <= 4:
+        block_l = 128
+        block_d = max(1, (16 if backward else 8) // np2)
+    else:
+        block_l = 32
+        block_d = max(1, (64 if backward else 32) // np2)
     block_l = min(block_l, max(16, triton.next_power_of_2(length)))
     block_d = min(block_d, triton.next_power_of_2(channels_per_group))
     return dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4)
@@ -365,7 +383,7 @@ def pick_config(n_state: int, length: int, channels_per_group: int, backward: bo
 
 # Overrides for tests and benchmarks: keys BLOCK_D, BLOCK_L, num_warps, REVERSE_BY_FLIP.
 CONFIG_OVERRIDE: dict = {}
-_REVERSE_BY_FLIP = False
+_REVERSE_BY_FLIP = True  # reverse scan as flip + forward scan (measured faster than reverse=True)
 
 
 def _shapes(u, A, B):
@@ -390,6 +408,7 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
         return y
     cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
     cfg.pop("REVERSE_BY_FLIP", None)
+    cfg.pop("PREFETCH", None)
     grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
     _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, length, dg, groups, n_state,
                       SOFTPLUS=bool(delta_softplus), NP=triton.next_power_of_2(n_state),
@@ -410,6 +429,7 @@ def backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus=True):
         t.contiguous() for t in (u, delta, A, B, C, D, delta_bias, grad_y))
     cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
     reverse_by_flip = bool(cfg.pop("REVERSE_BY_FLIP", _REVERSE_BY_FLIP))
+    prefetch = bool(cfg.pop("PREFETCH", True))
     np2 = triton.next_power_of_2(n_state)
     n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -431,7 +451,7 @@ def backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus=True):
         _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y,
                           du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
                           length, dg, groups, n_state, n_chunks,
-                          SOFTPLUS=bool(delta_softplus), ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip,
+                          SOFTPLUS=bool(delta_softplus), ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
                           NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
     return (du, ddelta, dA_part.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))

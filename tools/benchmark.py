@@ -142,29 +142,34 @@ def sweep_scan(args):
     inputs = make_inputs(b, G, d, n, L, dtype, device)
     vals = list(inputs.values())
     grad_y = torch.randn_like(inputs["u"])
-    print(f"{'kernel':<8} {'BLOCK_D':>7} {'BLOCK_L':>7} {'warps':>5} {'flip':>4} {'ms':>8} {'% roofline':>10}")
+    print(f"{'kernel':<8} {'BLOCK_D':>7} {'BLOCK_L':>7} {'warps':>5} {'pref':>4} {'ms':>8} {'% roofline':>10}")
     results = []
     np2 = triton.next_power_of_2(n)
-    for bd, bl, w in itertools.product((1, 2, 4, 8, 16), (32, 64, 128, 256, 512), (4, 8)):
-        if not 1024 <= bd * bl * np2 <= 4096 or (np2 == 1 and bl < 128) or (np2 > 1 and bl > 128):
+    for bd, bl, w in itertools.product((1, 2, 4, 8, 16), (32, 64, 128, 256), (4, 8)):
+        per_thread = bd * np2 * bl // (32 * w)
+        if not 2 <= per_thread <= 16 or (np2 == 1 and bl < 64) or (np2 > 1 and bl > 128):
             continue
         ts.CONFIG_OVERRIDE.clear()
         ts.CONFIG_OVERRIDE.update(BLOCK_D=bd, BLOCK_L=bl, num_warps=w)
         try:
-            t = triton.testing.do_bench(lambda: ts.forward(*vals, True), warmup=10, rep=40, return_mode="median")
-            results.append(("fwd", bd, bl, w, False, t, 100 * fwd_bytes / hbm / 1e6 / t))
-            for flip in (False, True) if w == 4 and bd * bl * np2 == 2048 else (False,):
-                ts.CONFIG_OVERRIDE["REVERSE_BY_FLIP"] = flip
-                t = triton.testing.do_bench(lambda: ts.backward(grad_y, *vals, True), warmup=10, rep=40,
+            if per_thread >= 4 and "fwd" in args.sweep_kernels:
+                t = triton.testing.do_bench(lambda: ts.forward(*vals, True), warmup=10, rep=40,
                                             return_mode="median")
-                results.append(("bwd", bd, bl, w, flip, t, 100 * bwd_bytes / hbm / 1e6 / t))
+                results.append(("fwd", bd, bl, w, "-", t, 100 * fwd_bytes / hbm / 1e6 / t))
+            if per_thread <= 8 and "bwd" in args.sweep_kernels:
+                for prefetch in (False, True):
+                    ts.CONFIG_OVERRIDE["PREFETCH"] = prefetch
+                    t = triton.testing.do_bench(lambda: ts.backward(grad_y, *vals, True), warmup=10, rep=40,
+                                                return_mode="median")
+                    results.append(("bwd", bd, bl, w, "P" if prefetch else "-", t,
+                                    100 * bwd_bytes / hbm / 1e6 / t))
         except Exception as e:  # noqa: BLE001 - a config the compiler rejects (registers, shared memory)
             print(f"config {bd} {bl} {w}: {type(e).__name__}: {str(e)[:100]}")
     ts.CONFIG_OVERRIDE.clear()
     for kind in ("fwd", "bwd"):
         best = sorted((r for r in results if r[0] == kind), key=lambda r: r[5])[: args.top]
         for r in best:
-            print(f"{r[0]:<8} {r[1]:>7} {r[2]:>7} {r[3]:>5} {str(r[4])[0]:>4} {r[5]:8.3f} {r[6]:10.1f}")
+            print(f"{r[0]:<8} {r[1]:>7} {r[2]:>7} {r[3]:>5} {r[4]:>4} {r[5]:8.3f} {r[6]:10.1f}")
 
 
 def main(argv=None):
@@ -185,6 +190,7 @@ def main(argv=None):
     s.add_argument("--check-batch", type=int, default=4)
     s.add_argument("--sweep", action="store_true", help="time the Triton kernels over block sizes")
     s.add_argument("--top", type=int, default=6)
+    s.add_argument("--sweep-kernels", default="fwd,bwd", help="which kernels --sweep times")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark needs a CUDA device")
