@@ -585,10 +585,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
     """Map an official GroupMamba checkpoint (the released bare state dict, or a training checkpoint
     ``{'model': sd, ...}``) onto ``model``. A state dict already in vssm layout passes through the same key
     check. Raises :class:`vssm.CheckpointMismatchError` naming missing / unexpected / mis-shaped keys
-    (the classifiers ``head.fc`` / ``head.fc_dist`` are exempt: timm adapts them to ``num_classes``)."""
+    (the classifiers ``head.fc`` / ``head.fc_dist`` are exempt: timm adapts them to ``num_classes``; so is the
+    input-channel dim of the first stem conv, which timm adapts to ``in_chans``)."""
     sd = unwrap_state_dict(state_dict)
     if any(k.startswith("stem.") for k in sd):  # already ours
-        return remap_state_dict(sd, model, rules=[], classifier="head")
+        return remap_state_dict(sd, model, rules=[], classifier="head", input_conv="stem.conv.0")
     sd = _merge_groups(sd)
     renamed = {}
     for k, v in sd.items():
@@ -597,7 +598,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
         renamed[k] = v
     if getattr(model.head, "fc_dist", None) is None:  # a model built with distillation=False
         renamed = {k: v for k, v in renamed.items() if not k.startswith("head.fc_dist.")}
-    return remap_state_dict(renamed, model, rules=[], classifier="head")
+    return remap_state_dict(renamed, model, rules=[], classifier="head", input_conv="stem.conv.0")
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
