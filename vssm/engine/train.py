@@ -309,10 +309,9 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
             # static shapes (train and val batches compile separately; dynamic shapes hit an inductor
             # assertion on VMamba with torch 2.11); per-block guards (e.g. each block's drop-path rate)
             # need more than dynamo's default 8 recompiles before it falls back to eager
-            import torch._dynamo
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            torch._dynamo.config.accumulated_recompile_limit = max(
-                torch._dynamo.config.accumulated_recompile_limit, 1024)
+            import torch._dynamo as dynamo
+            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
+            dynamo.config.accumulated_recompile_limit = max(dynamo.config.accumulated_recompile_limit, 1024)
             model.compile(dynamic=False)
         if env.distributed:
             ddp_kw = {"device_ids": [dev.index]} if dev.type == "cuda" else {}
