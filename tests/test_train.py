@@ -127,6 +127,20 @@ def test_validate_reproduces_logged_accuracy(run_a, tmp_path):
     assert res["top1"] == pytest.approx(hist["ema_top1"], abs=1e-6)
 
 
+def test_validate_official_layout_checkpoint(run_a, cache, tmp_path, capsys):
+    """A bare {'model': state_dict} file (the official release layout) needs --model and --data."""
+    ck = load(str(run_a / "last.pth"))
+    off = tmp_path / "official.pth"
+    torch.save({"model": ck["model"], "epoch": 2}, off)
+    with pytest.raises(SystemExit):
+        V.main(["-c", str(off)])
+    assert "pass --model" in capsys.readouterr().err
+    res = V.run(V.build_parser().parse_args(["-c", str(off), "--model", MODEL, "--data", str(cache / "digits32"),
+                                             "--config", "digits_vmamba_nano", "--no-progress",
+                                             "--throughput-iters", "0"]))
+    assert res["top1"] == pytest.approx(ck["history"][-1]["top1"], abs=1e-6)
+
+
 def test_weight_decay_exclusions():
     import timm
     import vssm  # noqa: F401
@@ -202,15 +216,16 @@ def test_bad_arguments_fail_fast(argv, env, msg, tmp_path, monkeypatch, capsys):
 
 
 def test_torchrun_ddp_gloo_ranks_agree(cache, tmp_path):
+    """2 processes, gloo, gradient accumulation (no_sync on the first micro-step): weights identical."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", VSSM_CACHE=str(cache))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vssm.engine.train"] + SMALL + ["--epochs", "1", "--max-steps-per-epoch", "2",
+           "-m", "vssm.engine.train"] + SMALL + ["--epochs", "1", "--max-steps-per-epoch", "2", "--accum-steps", "2",
                                                   "--device", "cpu", "--output", str(out)]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     hist = json.loads((out / "metrics.json").read_text())
     assert hist[-1]["ranks_in_sync"] is True
-    assert "x 2 ranks" in p.stdout and "16 x 1 accum" in p.stdout
+    assert "x 2 ranks" in p.stdout and "2 x 8 x 2 accum" in p.stdout
     ck = load(str(out / "last.pth"))
     assert ck["meta"]["world_size"] == 2 and len(ck["rng"]) == 2 and ck["step"] == 2

@@ -123,7 +123,9 @@ def _prepare(args) -> Dict[str, Any]:
     if ours and not args.config:
         cfg = C.build_config(base=ckpt["config"])
     else:
-        cfg = C.build_config(recipe=args.config) if args.config else C.build_config(recipe=None)
+        # an official checkpoint without --config: ImageNet eval settings (224, crop_pct 0.875, bicubic,
+        # mean/std from the model's pretrained_cfg)
+        cfg = C.build_config(recipe=args.config) if args.config else C.build_config(base=C.DEFAULTS)
         if not ours:
             if not args.model:
                 raise C.ConfigError("this checkpoint carries no config: pass --model NAME (and --data)")
