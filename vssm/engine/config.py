@@ -97,6 +97,7 @@ DEFAULTS: Dict[str, Any] = {
         "channels_last": False,
         "seed": 0,
         "device": "auto",            # auto | cpu | cuda
+        "threads": None,             # torch intra-op CPU threads per process; None = torch's default
         "max_steps_per_epoch": None, # cap optimizer steps per epoch (smoke tests)
         "val_batch_size": None,      # per rank; None = per-rank train micro-batch x 2
     },
@@ -133,7 +134,9 @@ DIGITS_RECIPE: Dict[str, Any] = {
             "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.1},
     "optim": {"lr": 3.0e-3, "lr_ref_batch": None, "weight_decay": 0.05, "clip_grad": 5.0},
     "sched": {"epochs": 12, "warmup_epochs": 1, "warmup_lr": 1.0e-5, "min_lr": 1.0e-5},
-    "train": {"batch_size": 64, "amp": "none", "device": "auto"},
+    # one compute thread (+ one data worker): on a small shared CPU, OpenMP threads that get preempted make
+    # a 2-thread step 5-10x slower than a 1-thread step for a model this small
+    "train": {"batch_size": 64, "amp": "none", "device": "auto", "threads": 1},
     "ema": {"enabled": True, "decay": 0.99, "warmup": True},
 }
 
@@ -351,6 +354,8 @@ def validate_config(cfg: Dict[str, Any], world_size: Optional[int] = None, cuda_
     on_cuda = cuda and t["device"] != "cpu"
     _require(not (t["amp"] == "fp16" and not on_cuda),
              "train.amp=fp16 needs a CUDA device (GradScaler); on CPU use --amp bf16 or --amp none")
+    if t["threads"] is not None:
+        _int(t["threads"], "train.threads", 1)
     if t["max_steps_per_epoch"] is not None:
         _int(t["max_steps_per_epoch"], "train.max_steps_per_epoch", 1)
     if t["val_batch_size"] is not None:

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--device", choices=C.DEVICE_CHOICES)
+    g.add_argument("--threads", type=int, help="torch CPU threads per process")
     g.add_argument("--max-steps-per-epoch", type=int, help="cap optimizer steps per epoch (smoke runs)")
     g = p.add_argument_group("distillation (DeiT / GroupMamba)")
     g.add_argument("--teacher", help="frozen teacher model name (enables distillation)")
@@ -107,7 +108,7 @@ def _flag_overrides(args) -> Dict[str, Any]:
     put("train", "batch_size", args.batch_size); put("train", "accum_steps", args.accum_steps)
     put("optim", "lr", args.lr); put("optim", "weight_decay", args.weight_decay); put("optim", "clip_grad", args.clip_grad)
     put("train", "amp", args.amp); put("train", "compile", args.compile); put("train", "channels_last", args.channels_last)
-    put("train", "seed", args.seed); put("train", "device", args.device)
+    put("train", "seed", args.seed); put("train", "device", args.device); put("train", "threads", args.threads)
     put("train", "max_steps_per_epoch", args.max_steps_per_epoch)
     put("ema", "decay", args.ema_decay)
     put("distill", "teacher", args.teacher); put("distill", "teacher_checkpoint", args.teacher_checkpoint)
@@ -209,11 +210,14 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
 
     C.validate_config(cfg)
     t_start = time.time()
+    threads_before = torch.get_num_threads()
     env = D.init(cfg["train"]["device"])
     log = print if env.is_main else (lambda *a, **k: None)
     try:
         t, m, d = cfg["train"], cfg["model"], cfg["data"]
         dev = env.device
+        if t["threads"]:
+            torch.set_num_threads(int(t["threads"]))   # restored in the finally below
         seed = int(t["seed"])
         random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)   # same model init on all ranks
 
@@ -404,6 +408,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
         return {"out_dir": str(out_dir), "history": hist, "final": final, "best": best, "wall_s": wall,
                 "step": global_step, "rank": env.rank, "world_size": env.world_size}
     finally:
+        torch.set_num_threads(threads_before)
         D.cleanup()
 
 

@@ -169,6 +169,8 @@ def run(args) -> Dict[str, Any]:
     prep = _prepare(args)
     cfg, ckpt = prep["cfg"], prep["ckpt"]
     env = D.init(cfg["train"]["device"])
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(int(cfg["train"]["threads"]))
     try:
         d = cfg["data"]
         if d["root"] is None:
