@@ -1,0 +1,545 @@
+"""OpenMMLab adapters (vssm.mm): every mmdet / mmseg config builds, loss + predict with real targets, a real
+mmengine Runner (through mmdet's / mmseg's own tools/train.py) with checkpoint save and resume on tiny
+self-written COCO / ADE20K datasets, checkpoint loading, the optimizer constructor, and config errors.
+
+Needs mmengine, mmcv (with ops), mmdet and mmsegmentation: ``tools/build_mmcv_wheel.sh`` installs them.
+Skipped cleanly when they are absent.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mmengine")
+
+import vssm.mm  # noqa: E402  (applies the compat fixes, registers the adapter)
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+
+from vssm import CheckpointMismatchError  # noqa: E402
+from vssm.mm import VSSMBackbone, VSSMOptimWrapperConstructor, list_archs, load_backbone_checkpoint  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.environ.get("VSSM_REFERENCE_DIR", os.path.join(REPO, "..", "shared", "reference"))
+DET_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "mmdet", "**", "*.py"), recursive=True)
+                     if f"{os.sep}_base_{os.sep}" not in p)
+SEG_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "mmseg", "**", "*.py"), recursive=True)
+                     if f"{os.sep}_base_{os.sep}" not in p)
+# one config per family for the loss / predict / Runner tests (the smallest variant)
+FAMILY_DET = {"vmamba": "configs/mmdet/vmamba/mask_rcnn_vmamba_tiny_fpn_1x_coco.py"}
+FAMILY_SEG = {"vmamba": "configs/mmseg/vmamba/upernet_vmamba_tiny_8xb2-160k_ade20k-512x512.py"}
+
+
+def _rel(path):
+    return os.path.relpath(path, REPO)
+
+
+def _need(pkg):
+    return pytest.importorskip(pkg)
+
+
+def _build(cfg_model, scope):
+    init_default_scope(scope)
+    registry = __import__(f"{scope}.registry", fromlist=["MODELS"]).MODELS
+    from mmengine.model import revert_sync_batchnorm
+    return revert_sync_batchnorm(registry.build(cfg_model))
+
+
+# ---- configs -----------------------------------------------------------------------------------------
+
+_built = {}  # identical model configs (1x / 3x) are built once
+
+
+def _check_config(path, scope):
+    _need("mmcv")
+    _need(scope)
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == scope
+    assert "vssm.mm" in cfg.custom_imports["imports"]
+    b = cfg.model.backbone
+    assert b.type == "VSSMBackbone" and b.arch in list_archs()
+    assert b.init_cfg["type"] == "Pretrained" and b.init_cfg["checkpoint"].endswith(".pth")
+    # every pipeline names registered transforms
+    from mmcv.transforms import Compose
+    init_default_scope(scope)
+    for key in ("train_pipeline", "test_pipeline"):
+        Compose(cfg[key])
+    Compose(cfg.train_dataloader.dataset.pipeline)
+    key = repr(cfg.model)
+    if key not in _built:
+        model = _build(cfg.model, scope)
+        n_params = sum(p.numel() for p in model.parameters())
+        _built[key] = (list(model.backbone.channels), n_params)
+        del model
+    return cfg, _built[key][0]
+
+
+@pytest.mark.parametrize("path", DET_CONFIGS, ids=_rel)
+def test_det_config_builds(path):
+    cfg, channels = _check_config(path, "mmdet")
+    assert cfg.model.neck.in_channels == channels
+    assert cfg.optim_wrapper.constructor == "VSSMOptimWrapperConstructor"
+    assert cfg.train_dataloader.batch_size == 2 and cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4 and cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    assert cfg.train_cfg.max_epochs == (36 if "3x" in path else 12)
+
+
+@pytest.mark.parametrize("path", SEG_CONFIGS, ids=_rel)
+def test_seg_config_builds(path):
+    cfg, channels = _check_config(path, "mmseg")
+    assert cfg.model.decode_head.in_channels == channels
+    assert cfg.model.auxiliary_head.in_channels == channels[cfg.model.auxiliary_head.in_index]
+    assert cfg.optim_wrapper.optimizer.lr == 6e-5 and cfg.train_cfg.max_iters == 160000
+
+
+def test_official_values():
+    """drop_path_rate per variant as in the official VMamba detection / segmentation configs."""
+    want = {"vmamba_tiny": 0.2, "vmamba_small": 0.3, "vmamba_base": 0.6}
+    for path in DET_CONFIGS + SEG_CONFIGS:
+        cfg = Config.fromfile(path)
+        arch = cfg.model.backbone.arch
+        if arch in want:
+            assert cfg.model.backbone.drop_path_rate == want[arch], path
+
+
+# ---- loss + predict on one image with real targets ---------------------------------------------------
+
+def _det_sample(h=128, w=160):
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    img = torch.full((3, h, w), 40, dtype=torch.uint8)
+    img[:, 30:90, 40:120] = 200  # a bright box ...
+    mask = np.zeros((1, h, w), np.uint8)
+    mask[0, 30:90, 40:120] = 1
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[40.0, 30.0, 120.0, 90.0]]),
+                                       labels=torch.tensor([3]), masks=BitmapMasks(mask, h, w))
+    return img, sample
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_DET))
+def test_det_loss_and_predict(family):
+    _need("mmdet")
+    cfg = Config.fromfile(os.path.join(REPO, FAMILY_DET[family]))
+    cfg.model.backbone.init_cfg = None
+    model = _build(cfg.model, "mmdet")
+    model.init_weights()
+    img, sample = _det_sample()
+    model.train()
+    data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample]), True)
+    losses = model(**data, mode="loss")
+    for name in ("loss_rpn_cls", "loss_cls", "loss_bbox", "loss_mask"):
+        assert name in losses, sorted(losses)
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(x.sum() for x in v) for k, v in losses.items()
+                if "loss" in k)
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for n, p in model.backbone.named_parameters() if p.requires_grad and "stages.0" in n]
+    assert grads and all(g is not None for g in grads)
+
+    model.eval()
+    img, sample = _det_sample()
+    with torch.no_grad():
+        data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample]), False)
+        (pred,) = model(**data, mode="predict")
+    inst = pred.pred_instances
+    assert inst.bboxes.shape[1] == 4 and len(inst.scores) == len(inst.labels) == len(inst.masks)
+    assert len(inst) <= 100
+    if len(inst):
+        assert tuple(inst.masks.shape[1:]) == (128, 160)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_SEG))
+def test_seg_loss_and_predict(family):
+    _need("mmseg")
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    cfg = Config.fromfile(os.path.join(REPO, FAMILY_SEG[family]))
+    cfg.model.backbone.init_cfg = None
+    cfg.model.data_preprocessor.size = (128, 160)
+    model = _build(cfg.model, "mmseg")
+    h, w = 128, 160
+    img = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
+    seg = torch.zeros(1, h, w, dtype=torch.long)
+    seg[:, :, 80:] = 7
+    seg[:, 100:, :] = 255  # ignored pixels
+
+    def sample():
+        s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        s.gt_sem_seg = PixelData(data=seg.clone())
+        return s
+
+    model.train()  # batch of 2: the pooled (1x1) PPM branch has BatchNorm
+    data = model.data_preprocessor(dict(inputs=[img, img.flip(-1)], data_samples=[sample(), sample()]), True)
+    losses = model(**data, mode="loss")
+    assert {"decode.loss_ce", "aux.loss_ce"} <= set(losses)
+    total = losses["decode.loss_ce"] + losses["aux.loss_ce"]
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.model.stem.conv1.weight.grad is not None
+
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample()]), False)
+        (pred,) = model(**data, mode="predict")
+    assert tuple(pred.pred_sem_seg.data.shape) == (1, h, w)
+    assert tuple(pred.seg_logits.data.shape) == (150, h, w)
+
+
+# ---- backbone: outputs, freezing, checkpointing, checkpoint files ------------------------------------
+
+@pytest.fixture(scope="module")
+def nano_backbone():
+    torch.manual_seed(0)
+    return VSSMBackbone("vmamba_nano", out_indices=(0, 1, 2, 3))
+
+
+def test_backbone_outputs(nano_backbone):
+    b = nano_backbone.eval()
+    outs = b(torch.randn(2, 3, 96, 128))
+    assert [tuple(o.shape) for o in outs] == [(2, 24, 24, 32), (2, 48, 12, 16), (2, 96, 6, 8), (2, 192, 3, 4)]
+    assert all(o.is_contiguous() for o in outs)
+    assert b.strides == [4, 8, 16, 32]
+    # per-stage output norms: each map is layer-normed over channels
+    for o in outs:
+        torch.testing.assert_close(o.mean(1), torch.zeros_like(o.mean(1)), atol=1e-4, rtol=0)
+    sub = VSSMBackbone("vmamba_nano", out_indices=(1, 3))
+    assert [o.shape[1] for o in sub(torch.randn(1, 3, 64, 64))] == [48, 192]
+    assert set(sub.out_norms) == {"1", "3"}
+
+
+def test_frozen_stages_and_grad_checkpointing():
+    torch.manual_seed(0)
+    b = VSSMBackbone("vmamba_nano", frozen_stages=2)
+    b.train()
+    frozen = [n for n, p in b.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("model.stem.") for n in frozen)
+    assert any(n.startswith("model.stages.1.") for n in frozen) and any(n.startswith("out_norms.1.") for n in frozen)
+    assert not any(n.startswith("model.stages.2.") for n in frozen)
+    assert not b.model.stages[1].training and b.model.stages[2].training
+    cp = VSSMBackbone("vmamba_nano", with_cp=True)
+    cp.load_state_dict(b.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    b.eval(), cp.eval()
+    for o1, o2 in zip(b(x), cp(x)):
+        torch.testing.assert_close(o1, o2)
+    cp.train()
+    sum(o.sum() for o in cp(x)).backward()
+    assert cp.model.stages[0].blocks[0].mixer.A_logs.grad is not None
+
+
+def _official_tiny_checkpoint():
+    path = os.path.join(REFERENCE, "vmamba_tiny_s1l8.state_dict_keys.txt")
+    if not os.path.exists(path):
+        pytest.skip(f"reference key list not found: {path}")
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            key, shape, _ = line.rstrip("\n").split("\t")
+            sd[key] = torch.randn(tuple(int(s) for s in re.findall(r"\d+", shape)), generator=g) * 0.05
+    return {"model": sd, "epoch": 264}
+
+
+def test_init_cfg_official_checkpoint(tmp_path):
+    ckpt = _official_tiny_checkpoint()
+    path = tmp_path / "vssm1_tiny_0230s_ckpt_epoch_264.pth"
+    torch.save(ckpt, path)
+    b = VSSMBackbone("vmamba_tiny", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    b.init_weights()
+    off = ckpt["model"]
+    torch.testing.assert_close(b.model.stem.conv1.weight, off["patch_embed.0.weight"])
+    torch.testing.assert_close(b.model.stages[2].blocks[3].mixer.A_logs, off["layers.2.blocks.3.op.A_logs"])
+    torch.testing.assert_close(b.model.stages[1].downsample.conv.weight, off["layers.0.downsample.1.weight"])
+
+    # missing keys name themselves
+    del off["layers.2.blocks.3.op.A_logs"]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys .*stages\.2\.blocks\.3\.mixer\.A_logs"):
+        load_backbone_checkpoint(b, str(path))
+
+
+def test_init_cfg_from_detector_checkpoint(tmp_path, nano_backbone):
+    """A detector checkpoint (state_dict with backbone.* keys) initialises the backbone, output norms included."""
+    sd = {f"backbone.{k}": v + 1.0 for k, v in nano_backbone.state_dict().items()}
+    sd["neck.lateral_convs.0.conv.weight"] = torch.zeros(1)
+    torch.save({"state_dict": sd, "meta": {"epoch": 12}}, tmp_path / "det.pth")
+    b = VSSMBackbone("vmamba_nano", init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "det.pth")))
+    b.init_weights()
+    for k, v in b.state_dict().items():
+        torch.testing.assert_close(v, sd[f"backbone.{k}"])
+
+
+def test_checkpoint_with_foreign_pickles_loads(tmp_path, monkeypatch):
+    """Official VMamba files store a yacs config next to the weights: it loads without yacs, with a warning,
+    and is refused under VSSM_MM_STRICT_LOAD=1."""
+    from vssm.mm.compat import load_checkpoint_file
+    mod = type(sys)("vssm_fake_yacs")
+
+    class CfgNode(dict):
+        pass
+    CfgNode.__module__, CfgNode.__qualname__ = "vssm_fake_yacs", "CfgNode"
+    mod.CfgNode = CfgNode
+    monkeypatch.setitem(sys.modules, "vssm_fake_yacs", mod)
+    torch.save({"model": {"w": torch.ones(2)}, "config": CfgNode(a=1)}, tmp_path / "off.pth")
+    monkeypatch.delitem(sys.modules, "vssm_fake_yacs")
+    with pytest.warns(UserWarning, match="vssm_fake_yacs.CfgNode"):
+        out = load_checkpoint_file(str(tmp_path / "off.pth"))
+    assert torch.equal(out["model"]["w"], torch.ones(2)) and dict(out["config"]) == {"a": 1}
+    monkeypatch.setenv("VSSM_MM_STRICT_LOAD", "1")
+    with pytest.raises(Exception, match="VSSM_MM_STRICT_LOAD"):
+        load_checkpoint_file(str(tmp_path / "off.pth"))
+
+
+# ---- optimizer constructor ---------------------------------------------------------------------------
+
+def test_optim_constructor_no_decay_and_layer_decay(nano_backbone):
+    model = torch.nn.Module()
+    model.backbone = nano_backbone
+    model.neck = torch.nn.Conv2d(192, 8, 1)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def groups(**paramwise):
+        ctor = VSSMOptimWrapperConstructor(
+            dict(optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.05)),
+            dict(custom_keys={"norm": dict(decay_mult=0.0)}, **paramwise))
+        return {names[id(g["params"][0])]: g for g in ctor(model).optimizer.param_groups}
+
+    g = groups()
+    for n, grp in g.items():
+        no_decay = "norm" in n or n.endswith(("A_logs", "Ds", "dt_projs_bias"))
+        assert grp["weight_decay"] == (0.0 if no_decay else 0.05), n
+        assert grp["lr"] == 1e-4
+    assert "backbone.model.norm.weight" not in g  # unused classifier norm: frozen, not optimised
+
+    g = groups(layer_decay_rate=0.5, layer_decay_type="stage_wise")
+    stem = g["backbone.model.stem.conv1.weight"]["lr"]
+    s0 = g["backbone.model.stages.0.blocks.0.mixer.in_proj.weight"]["lr"]
+    s3 = g["backbone.model.stages.3.blocks.0.mixer.in_proj.weight"]["lr"]
+    assert stem < s0 < s3 < 1e-4
+    assert g["neck.weight"]["lr"] == 1e-4 and g["backbone.out_norms.0.weight"]["lr"] == 1e-4
+    with pytest.raises(ValueError, match="layer_decay_rate"):
+        groups(layer_decay_rate=1.5)
+
+
+# ---- config errors -----------------------------------------------------------------------------------
+
+def test_bad_configs_fail_clearly(tmp_path):
+    _need("mmdet")
+    cfg = Config.fromfile(os.path.join(REPO, FAMILY_DET["vmamba"]))
+    cfg.model.backbone.init_cfg = None
+    bad = cfg.model.copy()
+    bad.backbone = dict(cfg.model.backbone, arch="vmamba_huge")
+    with pytest.raises(ValueError, match=r"unknown arch 'vmamba_huge'; available: .*vmamba_tiny"):
+        _build(bad, "mmdet")
+    bad.backbone = dict(cfg.model.backbone, arch="vmamba_nano", out_indices=(0, 1, 2, 4))
+    with pytest.raises(ValueError, match=r"out_indices \(0, 1, 2, 4\) out of range .*\(valid: 0\.\.3\)"):
+        _build(bad, "mmdet")
+    bad.backbone = dict(cfg.model.backbone, arch="vmamba_nano", frozen_stages=9)
+    with pytest.raises(ValueError, match="frozen_stages"):
+        _build(bad, "mmdet")
+    bad.backbone = dict(cfg.model.backbone, arch="vmamba_nano", model_kwargs=dict(num_classes=3))
+    with pytest.raises(ValueError, match="num_classes"):
+        _build(bad, "mmdet")
+    # a checkpoint for another arch: names the missing keys
+    torch.save({"model": VSSMBackbone("vmamba_nano", out_indices=(0,)).model.state_dict()}, tmp_path / "n.pth")
+    b = VSSMBackbone("vmamba_nano", pretrained=str(tmp_path / "n.pth"), model_kwargs=dict(depths=(1, 1, 3, 1)))
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(\d+\): stages\.2\.blocks\.2\."):
+        b.init_weights()
+
+
+# ---- real Runner runs through mmdet's / mmseg's tools/train.py, with save and resume -----------------
+
+def _tool(pkg, name):
+    mod = __import__(pkg)
+    path = os.path.join(os.path.dirname(mod.__file__), ".mim", "tools", name)
+    if not os.path.exists(path):
+        pytest.skip(f"{pkg} has no packaged {name}")
+    return path
+
+
+def _run_tool(path, *args):
+    old = sys.argv
+    sys.argv = [path, *args]
+    try:
+        runpy.run_path(path, run_name="__main__")
+    finally:
+        sys.argv = old
+
+
+def _write_coco(root, n=4, h=128, w=160):
+    from PIL import Image
+    os.makedirs(os.path.join(root, "images"))
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(n):
+        img = np.full((h, w, 3), 30, np.uint8)
+        x0, y0 = 10 + 8 * i, 12 + 5 * i
+        img[y0:y0 + 50, x0:x0 + 60] = (220, 60, 60)  # a box (class 1)
+        cy, cx, r = 90, 120 - 4 * i, 20
+        yy, xx = np.mgrid[:h, :w]
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = (60, 60, 220)  # a disk (class 2)
+        img = np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(root, "images", f"{i:03d}.jpg"))
+        images.append(dict(id=i + 1, file_name=f"{i:03d}.jpg", height=h, width=w))
+        box_poly = [x0, y0, x0 + 60, y0, x0 + 60, y0 + 50, x0, y0 + 50]
+        ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        disk_poly = np.stack([cx + r * np.cos(ang), cy + r * np.sin(ang)], 1).ravel().round(1).tolist()
+        anns.append(dict(id=2 * i + 1, image_id=i + 1, category_id=1, bbox=[x0, y0, 60, 50], area=3000.0,
+                         segmentation=[box_poly], iscrowd=0))
+        anns.append(dict(id=2 * i + 2, image_id=i + 1, category_id=2, bbox=[cx - r, cy - r, 2 * r, 2 * r],
+                         area=float(np.pi * r * r), segmentation=[disk_poly], iscrowd=0))
+    coco = dict(images=images, annotations=anns,
+                categories=[dict(id=1, name="box"), dict(id=2, name="disk")])
+    with open(os.path.join(root, "ann.json"), "w") as f:
+        json.dump(coco, f)
+
+
+def _read_logs(work):
+    out = []
+    for path in sorted(glob.glob(str(work / "*" / "*.log"))):
+        with open(path) as f:
+            out.append(f.read())
+    return "".join(out)
+
+
+def _ckpt_meta(path):
+    # saved with vssm.mm imported: plain data only, so the safe loader takes it
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["meta"]
+
+
+def test_mmdet_runner_train_save_resume(tmp_path):
+    _need("mmdet")
+    train_py = _tool("mmdet", "train.py")
+    data = tmp_path / "coco"
+    _write_coco(str(data))
+    base = os.path.join(REPO, FAMILY_DET["vmamba"])
+    cfg_path = tmp_path / "tiny_det.py"
+    cfg_path.write_text(f"""
+_base_ = [{base!r}]
+data_root = {str(data) + '/'!r}
+metainfo = dict(classes=('box', 'disk'))
+model = dict(
+    backbone=dict(arch='vmamba_nano', drop_path_rate=0.1, init_cfg=None),
+    neck=dict(in_channels=[24, 48, 96, 192]),
+    roi_head=dict(bbox_head=dict(num_classes=2), mask_head=dict(num_classes=2)))
+_pipe_train = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+_pipe_test = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+_ds = dict(type='CocoDataset', data_root=data_root, ann_file='ann.json', data_prefix=dict(img='images/'),
+           metainfo=metainfo)
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(_ds, filter_cfg=dict(filter_empty_gt=True, min_size=8), pipeline=_pipe_train))
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dict(_ds, test_mode=True, pipeline=_pipe_test))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'ann.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_epochs=1, val_interval=1)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(logger=dict(interval=1), visualization=dict(draw=False))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+""")
+    work = tmp_path / "work"
+    _run_tool(train_py, str(cfg_path), "--work-dir", str(work), "--cfg-options", "experiment_name=det_a")
+    assert os.path.exists(work / "epoch_1.pth")
+    meta = _ckpt_meta(work / "epoch_1.pth")
+    assert meta["epoch"] == 1 and meta["iter"] == 2 and meta["dataset_meta"]["classes"] == ("box", "disk")
+    # resume: the second run continues from epoch 1 to epoch 2
+    _run_tool(train_py, str(cfg_path), "--work-dir", str(work), "--resume",
+              "--cfg-options", "experiment_name=det_b", "train_cfg.max_epochs=2")
+    meta = _ckpt_meta(work / "epoch_2.pth")
+    assert meta["epoch"] == 2 and meta["iter"] == 4
+    logs = _read_logs(work)
+    assert "resumed epoch: 1, iter: 2" in logs
+    assert "coco/bbox_mAP" in logs and "coco/segm_mAP" in logs
+
+
+def _write_ade(root, n=4, h=128, w=160):
+    from PIL import Image
+    for split in ("training", "validation"):
+        os.makedirs(os.path.join(root, "images", split))
+        os.makedirs(os.path.join(root, "annotations", split))
+        for i in range(n):
+            seg = np.zeros((h, w), np.uint8)  # 0 = "other" (ignored with reduce_zero_label)
+            seg[:, : w // 2] = 1 + i % 3
+            seg[h // 2:, w // 2:] = 5
+            img = np.stack([seg * 40, 255 - seg * 30, np.full_like(seg, 90)], -1).astype(np.uint8)
+            Image.fromarray(img).save(os.path.join(root, "images", split, f"ADE_{split}_{i:08d}.jpg"))
+            Image.fromarray(seg).save(os.path.join(root, "annotations", split, f"ADE_{split}_{i:08d}.png"))
+
+
+def test_mmseg_runner_train_save_resume(tmp_path):
+    _need("mmseg")
+    train_py = _tool("mmseg", "train.py")
+    data = tmp_path / "ade"
+    _write_ade(str(data))
+    base = os.path.join(REPO, FAMILY_SEG["vmamba"])
+    cfg_path = tmp_path / "tiny_seg.py"
+    cfg_path.write_text(f"""
+_base_ = [{base!r}]
+data_root = {str(data)!r}
+crop_size = (96, 96)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(arch='vmamba_nano', drop_path_rate=0.1, init_cfg=None),
+    decode_head=dict(in_channels=[24, 48, 96, 192], channels=32),
+    auxiliary_head=dict(in_channels=96, channels=16))
+_pipe_train = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(160, 128), ratio_range=(0.75, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+_pipe_test = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(160, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=_pipe_train))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=_pipe_test))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=2, val_interval=2)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2), visualization=dict(draw=False))
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+""")
+    work = tmp_path / "work"
+    _run_tool(train_py, str(cfg_path), "--work-dir", str(work), "--cfg-options", "experiment_name=seg_a")
+    assert _ckpt_meta(work / "iter_2.pth")["iter"] == 2
+    _run_tool(train_py, str(cfg_path), "--work-dir", str(work), "--resume",
+              "--cfg-options", "experiment_name=seg_b", "train_cfg.max_iters=4")
+    assert _ckpt_meta(work / "iter_4.pth")["iter"] == 4
+    logs = _read_logs(work)
+    assert "resumed epoch: 0, iter: 2" in logs
+    assert "mIoU" in logs
