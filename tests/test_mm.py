@@ -436,7 +436,9 @@ metainfo = dict(classes=('box', 'disk'))
 model = dict(
     backbone=dict(arch='vmamba_nano', drop_path_rate=0.1, init_cfg=None),
     neck=dict(in_channels=[24, 48, 96, 192]),
-    roi_head=dict(bbox_head=dict(num_classes=2), mask_head=dict(num_classes=2)))
+    roi_head=dict(bbox_head=dict(num_classes=2), mask_head=dict(num_classes=2)),
+    test_cfg=dict(rcnn=dict(score_thr=0.0)))  # an untrained model still yields detections to evaluate
+randomness = dict(seed=0)
 _pipe_train = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -477,6 +479,10 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
     logs = _read_logs(work)
     assert "resumed epoch: 1, iter: 2" in logs
     assert "coco/bbox_mAP" in logs and "coco/segm_mAP" in logs
+    # and mmdet's own tools/test.py evaluates the checkpoint
+    _run_tool(_tool("mmdet", "test.py"), str(cfg_path), str(work / "epoch_2.pth"), "--work-dir", str(work / "test"),
+              "--cfg-options", "experiment_name=det_test")
+    assert "coco/segm_mAP" in _read_logs(work / "test")
 
 
 def _write_ade(root, n=4, h=128, w=160):
@@ -533,6 +539,7 @@ train_cfg = dict(max_iters=2, val_interval=2)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2), visualization=dict(draw=False))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)
 """)
     work = tmp_path / "work"
     _run_tool(train_py, str(cfg_path), "--work-dir", str(work), "--cfg-options", "experiment_name=seg_a")
@@ -543,3 +550,6 @@ env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
     logs = _read_logs(work)
     assert "resumed epoch: 0, iter: 2" in logs
     assert "mIoU" in logs
+    _run_tool(_tool("mmseg", "test.py"), str(cfg_path), str(work / "iter_4.pth"), "--work-dir", str(work / "test"),
+              "--cfg-options", "experiment_name=seg_test")
+    assert "mIoU" in _read_logs(work / "test")
