@@ -36,3 +36,9 @@ CROSS_DIRECTIONS = (row_major, column_major, flipped(row_major), flipped(column_
 def cross() -> ScanPattern:
     """VMamba SS2D: row-major, column-major, reversed row-major, reversed column-major."""
     return DirectionalScan("cross", CROSS_DIRECTIONS)
+
+
+@register_scan("group")
+def group() -> ScanPattern:
+    """GroupMamba: the four cross orders, but channel group k (C // 4 contiguous channels) only in direction k."""
+    return DirectionalScan("group", CROSS_DIRECTIONS, split_channels=True)
