@@ -42,3 +42,43 @@ def cross() -> ScanPattern:
 def group() -> ScanPattern:
     """GroupMamba: the four cross orders, but channel group k (C // 4 contiguous channels) only in direction k."""
     return DirectionalScan("group", CROSS_DIRECTIONS, split_channels=True)
+
+
+def windowed(size: int) -> Direction:
+    """Row-major over ``size x size`` windows, row-major inside each window. A map whose sides are not
+    multiples of ``size`` is padded at the bottom/right; the pad slots stay in the sequence as ``PAD``."""
+    def order(H: int, W: int) -> torch.Tensor:
+        padded = pad_grid(grid(H, W), size, size)
+        Hp, Wp = padded.shape
+        return padded.view(Hp // size, size, Wp // size, size).permute(0, 2, 1, 3).reshape(-1)
+    return order
+
+
+WINDOW_DIRECTIONS = {
+    "h": row_major, "h_flip": flipped(row_major),
+    "v": column_major, "v_flip": flipped(column_major),
+    "w2": windowed(2), "w2_flip": flipped(windowed(2)),
+    "w7": windowed(7), "w7_flip": flipped(windowed(7)),
+}
+
+
+class EndPaddedScan(DirectionalScan):
+    """Directions of different lengths: the shorter sequences get ``PAD`` at the end (causal scan: harmless)."""
+
+    def build_index(self, H: int, W: int) -> torch.Tensor:
+        orders = [d(H, W) for d in self.directions]
+        length = max(len(o) for o in orders)
+        return torch.stack([torch.cat([o, o.new_full((length - len(o),), PAD)]) for o in orders])
+
+
+@register_scan("window")
+def window(directions: Sequence[str]) -> ScanPattern:
+    """LocalMamba: one sequence per named direction, in the given order (``h``, ``v``: row / column-major;
+    ``w2``, ``w7``: windowed; ``*_flip``: the whole sequence, pad slots included, reversed)."""
+    if isinstance(directions, str) or len(directions) == 0:
+        raise ValueError(f"window: directions must be a non-empty list of names from {', '.join(WINDOW_DIRECTIONS)}")
+    unknown = [d for d in directions if d not in WINDOW_DIRECTIONS]
+    if unknown:
+        raise ValueError(f"window: unknown direction(s) {', '.join(map(repr, unknown))}; valid: "
+                         f"{', '.join(WINDOW_DIRECTIONS)}")
+    return EndPaddedScan("window", [WINDOW_DIRECTIONS[d] for d in directions])
