@@ -82,3 +82,33 @@ def window(directions: Sequence[str]) -> ScanPattern:
         raise ValueError(f"window: unknown direction(s) {', '.join(map(repr, unknown))}; valid: "
                          f"{', '.join(WINDOW_DIRECTIONS)}")
     return EndPaddedScan("window", [WINDOW_DIRECTIONS[d] for d in directions])
+
+
+
+class AtrousScan(ScanPattern):
+    """EfficientVMamba ES2D (step 2): four skip-sampled sub-grids, each position in exactly one sequence, so the
+    merge places every output back (no sum of overlaps). Odd sides are padded at the bottom/right and the PAD
+    slots stay inside the sequences (input zero, output dropped), as in the official EfficientScan."""
+
+    name = "atrous"
+
+    def __init__(self, step: int = 2):
+        if step != 2:
+            raise ValueError(f"atrous: only step=2 (the official ES2D) is implemented, got step={step!r}")
+        super().__init__(4)
+        self.step = step
+
+    def build_index(self, H: int, W: int) -> torch.Tensor:
+        padded = pad_grid(grid(H, W), 2, 2)
+        return torch.stack([
+            padded[0::2, 0::2].reshape(-1),      # (even row, even col), row-major
+            padded[1::2, 0::2].t().reshape(-1),  # (odd row, even col), column-major
+            padded[0::2, 1::2].reshape(-1),      # (even row, odd col), row-major
+            padded[1::2, 1::2].t().reshape(-1),  # (odd row, odd col), column-major
+        ])
+
+
+@register_scan("atrous")
+def atrous(step: int = 2) -> ScanPattern:
+    """EfficientVMamba ES2D atrous scan (see :class:`AtrousScan`)."""
+    return AtrousScan(step)
