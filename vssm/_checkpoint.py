@@ -9,7 +9,7 @@ import torch.nn as nn
 
 __all__ = ["CheckpointMismatchError", "unwrap_state_dict", "remap_state_dict"]
 
-_WRAPPER_KEYS = ("model", "state_dict", "module")
+_WRAPPER_KEYS = ("model", "state_dict", "ema_model", "model_ema", "module")
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -30,7 +30,8 @@ class CheckpointMismatchError(RuntimeError):
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> dict:
-    """The state dict inside a training checkpoint (``{'model': sd}`` etc.), ``module.`` prefixes removed."""
+    """The state dict inside a training checkpoint (``{'model': sd}``, ``{'state_dict': sd}``, EMA entries),
+    every leading ``module.`` removed."""
     sd = checkpoint
     while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
         for key in _WRAPPER_KEYS:
@@ -41,7 +42,12 @@ def unwrap_state_dict(checkpoint: Mapping) -> dict:
             break
     if not isinstance(sd, Mapping):
         raise TypeError(f"expected a state dict (or a dict holding one under 'model'), got {type(checkpoint)}")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        while k.startswith("module."):  # DDP / EMA wrappers, also nested (module.module.)
+            k = k[len("module."):]
+        out[k] = v
+    return out
 
 
 def remap_state_dict(

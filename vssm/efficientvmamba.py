@@ -35,11 +35,11 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, SEModule
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._checkpoint import remap_state_dict
+from ._backbone import build_family_model, imagenet_cfg
+from ._checkpoint import remap_state_dict, unwrap_state_dict
 from .layers import SS2D, DropPath, PatchEmbed, build_downsample, init_vssm_weights
 from .vmamba import VMamba
 
@@ -278,28 +278,6 @@ _IR_RULES = [
     (r"^se\.conv_reduce\.", "se.fc1."), (r"^se\.conv_expand\.", "se.fc2."),
     (r"^conv_pw2\.0\.", "conv_pwl."), (r"^conv_pw2\.1\.", "bn3."),
 ]
-_WRAPPERS = ("model", "state_dict", "ema_model", "model_ema", "module")
-
-
-def _unwrap(checkpoint: Dict) -> Dict[str, torch.Tensor]:
-    """Bare state dict from a training checkpoint (``{'model': sd, 'ema_model': ...}``, ``{'state_dict': sd}``),
-    with every leading ``module.`` removed (DDP / EMA wrappers, also ``module.module.``)."""
-    sd = checkpoint
-    while isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
-        key = next((k for k in _WRAPPERS if isinstance(sd.get(k), dict)), None)
-        if key is None:
-            break
-        sd = sd[key]
-    if not isinstance(sd, dict):
-        raise TypeError(f"expected a state dict (or a dict holding one under 'model'), got {type(checkpoint)}")
-    out = {}
-    for k, v in sd.items():
-        while k.startswith("module."):
-            k = k[len("module."):]
-        out[k] = v
-    return out
-
-
 def _official_to_ours(sd: Dict[str, torch.Tensor], depths: Sequence[int]) -> Dict[str, torch.Tensor]:
     out = {}
     for k, v in sd.items():
@@ -330,7 +308,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: EfficientVMamba) -> Dict[str, 
     """Map an official EfficientVMamba checkpoint (``{'model': sd}``, ``{'state_dict': sd}``, EMA / DDP
     prefixes, or a bare ``sd``) onto ``model``. A state dict already in vssm layout passes through the same
     check. Raises :class:`vssm.CheckpointMismatchError` naming missing / unexpected / mis-shaped keys."""
-    sd = _unwrap(state_dict)
+    sd = unwrap_state_dict(state_dict)
     if not any(k.startswith("stem.") for k in sd):
         sd = _official_to_ours(sd, [len(s.blocks) for s in model.stages])
     return remap_state_dict(sd, model, rules=[], input_conv="stem.proj")  # timm adapts it for in_chans != 3
@@ -342,17 +320,9 @@ _HF = "https://huggingface.co/TerryPei"
 _LOGS = "https://github.com/TerryPei/EfficientVMamba/releases/download/v1.0.0"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 32, 32), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.proj", "classifier": "head.fc",
-        "license": "apache-2.0", "paper_ids": "arXiv:2403.09977",
-        "paper_name": "EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba",
-        **kwargs,
-    }
+def _cfg(**kwargs) -> Dict:
+    return imagenet_cfg(first_conv="stem.proj", license="apache-2.0", paper_ids="arXiv:2403.09977",
+                        paper_name="EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba", **kwargs)
 
 
 # Official checkpoints are NOT downloaded (url is empty): fetch the file named in `notes` from `origin_url`
@@ -382,12 +352,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba:
-    return build_model_with_cfg(
-        EfficientVMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
-    )
+    return build_family_model(EfficientVMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 @register_model

@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
+from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
 from ._checkpoint import remap_state_dict, unwrap_state_dict
-from .layers import SS2D, ConvDownsample, DropPath, Mlp, ssm_no_weight_decay
+from .layers import SS2D, ConvDownsample, DropPath, Mlp
 
 __all__ = ["GroupMamba", "GroupMambaStage", "GroupMambaBlock", "GroupMambaMixer", "GroupedSS2D",
            "DistilledClassifier", "checkpoint_filter_fn"]
@@ -313,7 +312,7 @@ class GroupMambaStage(nn.Module):
         return self.norm(x)
 
 
-class GroupMamba(nn.Module):
+class GroupMamba(StagedBackbone):
     """GroupMamba backbone + class-token block + (distilled) classifier.
 
     Args:
@@ -400,29 +399,18 @@ class GroupMamba(nn.Module):
         self.head = DistilledClassifier(dims[-1], num_classes, distillation=distillation, drop_rate=drop_rate)
         self.apply(_init_weights)
 
-    # ---- timm API ------------------------------------------------------------------------------------
+    # ---- timm API (the rest is StagedBackbone's) ----------------------------------------------------
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        return ssm_no_weight_decay(self) | {n for n, _ in self.named_parameters() if n.endswith("skip_scale")}
+        return super().no_weight_decay() | {n for n, _ in self.named_parameters() if n.endswith("skip_scale")}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^stages\.(\d+)\.norm", (99998,)),
-                (r"^cls_block|^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+        matcher = super().group_matcher(coarse)
+        if not coarse:  # stage norms close their stage; the class block goes with the final norm
+            matcher["blocks"][-1:] = [(r"^stages\.(\d+)\.norm", (99998,)), (r"^cls_block|^norm", (99999,))]
+        return matcher
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True) -> None:
@@ -439,84 +427,20 @@ class GroupMamba(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small)."""
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects a (batch, {self.in_chans}, H, W) image tensor, "
-                             f"got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{type(self).__name__} was built for {self.in_chans} input channels, got "
-                             f"{x.shape[1]} (input shape {tuple(x.shape)}); pass in_chans= to create_model")
-        H, W = x.shape[-2:]
-        if H < max(self.min_input_size, 1) or W < max(self.min_input_size, 1):
-            raise ValueError(f"input {H}x{W} is too small for {type(self).__name__}: height and width must be at "
-                             f"least {max(self.min_input_size, 1)}")
+    def drop_head(self) -> None:
+        self.cls_block = nn.Identity()
+        self.head = DistilledClassifier(self.num_features, 0, distillation=False)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the stage outputs selected by ``indices`` (int: last n; None: all).
-
-        Stage outputs 1-3 include their stage norm (part of the official trunk). ``norm=True`` also applies
-        the final norm to the last stage's map when it is taken. ``output_fmt``: 'NCHW' or 'NHWC'.
-        Returns ``intermediates`` or ``(stage-4 tokens, intermediates)``.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self.check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[:max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if (norm and i == last) else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and class block / norm / classifiers) not needed for the intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_head or prune_end:
-            self.cls_block = nn.Identity()
-            self.head = DistilledClassifier(self.num_features, 0, distillation=False)
-            self.num_classes = 0
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` -> stage-4 tokens ``(B, ceil(H/32), ceil(W/32), C_last)`` (channels-last)."""
-        self.check_input(x)
-        return self.stages(self.stem(x))
+    def final_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stage-4 tokens ``(B, ceil(H/32), ceil(W/32), C_last)`` as they are: the final norm follows the class
+        block in :meth:`forward_head`. (Stage outputs 1-3 include their stage norm, part of the official trunk.)"""
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Stage-4 tokens -> class token (mean) -> class block -> norm -> classifier(s).
         ``pre_logits=True`` returns the normed class-token feature ``(B, C_last)``."""
         x = self.norm(self.cls_block(x.mean(dim=(1, 2))))
         return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor):
-        return self.forward_head(self.forward_features(x))
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -604,17 +528,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
 # ---- configs and factories ----------------------------------------------------------------------------
 
 def _cfg(**kwargs) -> Dict:
-    return {
-        "url": "",
-        "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 32, 32), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv.0", "classifier": ("head.fc", "head.fc_dist"),
-        "license": "mit", "paper_ids": "arXiv:2407.13772",
-        "paper_name": "GroupMamba: Parameter-Efficient and Accurate Group Visual State Space Model",
-        "origin_url": "https://github.com/Amshaker/GroupMamba",
-        **kwargs,
-    }
+    return imagenet_cfg(
+        first_conv="stem.conv.0", classifier=("head.fc", "head.fc_dist"), license="mit", paper_ids="arXiv:2407.13772",
+        paper_name="GroupMamba: Parameter-Efficient and Accurate Group Visual State Space Model",
+        origin_url="https://github.com/Amshaker/GroupMamba", **kwargs)
 
 
 # Official checkpoints are NOT downloaded (url is empty): fetch the file from the official README's links
@@ -637,12 +554,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_groupmamba(variant: str, pretrained: bool = False, **kwargs) -> GroupMamba:
-    return build_model_with_cfg(
-        GroupMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
-    )
+    return build_family_model(GroupMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 @register_model

@@ -41,11 +41,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 import scans
 
+from ._backbone import build_family_model, imagenet_cfg
 from .layers import SS2D, VSSBlock, init_vssm_weights
 from .vmamba import VMamba
 from .vmamba import checkpoint_filter_fn as _vmamba_checkpoint_filter_fn
@@ -284,17 +284,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: LocalVMamba
 _RELEASE = "https://github.com/hunto/LocalMamba/releases/download/v1.0.0"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 32, 32), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.proj", "classifier": "head.fc",
-        "license": "apache-2.0", "paper_ids": "arXiv:2403.09338",
-        "paper_name": "LocalMamba: Visual State Space Model with Windowed Selective Scan",
-        **kwargs,
-    }
+def _cfg(**kwargs) -> Dict:
+    return imagenet_cfg(first_conv="stem.proj", license="apache-2.0", paper_ids="arXiv:2403.09338",
+                        paper_name="LocalMamba: Visual State Space Model with Windowed Selective Scan", **kwargs)
 
 
 # Official checkpoints are NOT downloaded (url is empty): fetch the file from `origin_url` and load it with
@@ -312,12 +304,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_local_vmamba(variant: str, pretrained: bool = False, **kwargs) -> LocalVMamba:
-    return build_model_with_cfg(
-        LocalVMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
-    )
+    return build_family_model(LocalVMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 @register_model

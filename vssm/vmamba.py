@@ -20,17 +20,16 @@ stage exactly as the official code does).
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
+from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
 from ._checkpoint import remap_state_dict, unwrap_state_dict
-from .layers import ConvStem, PatchEmbed, VSSBlock, build_downsample, init_vssm_weights, ssm_no_weight_decay
+from .layers import ConvStem, PatchEmbed, VSSBlock, build_downsample, init_vssm_weights
 
 __all__ = ["VMamba", "VMambaStage", "checkpoint_filter_fn"]
 
@@ -65,7 +64,7 @@ class VMambaStage(nn.Module):
         return x
 
 
-class VMamba(nn.Module):
+class VMamba(StagedBackbone):
     """VMamba backbone + classifier.
 
     Args:
@@ -159,28 +158,7 @@ class VMamba(nn.Module):
                                    input_fmt="NHWC")
         self.apply(init_vssm_weights)
 
-    # ---- timm API ------------------------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return ssm_no_weight_decay(self)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
+    # ---- timm API (the rest is StagedBackbone's) ----------------------------------------------------
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -190,84 +168,11 @@ class VMamba(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small)."""
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects a (batch, {self.in_chans}, H, W) image tensor, "
-                             f"got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{type(self).__name__} was built for {self.in_chans} input channels, got "
-                             f"{x.shape[1]} (input shape {tuple(x.shape)}); pass in_chans= to create_model")
-        H, W = x.shape[-2:]
-        if H < self.min_input_size or W < self.min_input_size:
-            raise ValueError(f"input {H}x{W} is too small for {type(self).__name__}: height and width must be at "
-                             f"least {self.min_input_size} (the stride of the last stage)")
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the stage outputs selected by ``indices`` (int: last n; None: all).
-
-        Args:
-            norm: apply the final norm to the last stage's output when it is taken.
-            stop_early: stop after the last stage needed.  output_fmt: 'NCHW' or 'NHWC' intermediates.
-            intermediates_only: return only the list of intermediates.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self.check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[:max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                y = self.norm(x) if (norm and i == last) else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norm / head) not needed for the intermediates in ``indices``."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_head or prune_end:
-            self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
-            self.num_classes = 0
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image ``(B, C, H, W)`` -> normed final tokens ``(B, H/32, W/32, C_last)`` (channels-last)."""
-        self.check_input(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
+    def drop_head(self) -> None:
+        self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _ln(eps: float):
@@ -334,16 +239,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VMamba) -> 
 _RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 32, 32), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv1", "classifier": "head.fc",
-        "license": "mit", "paper_ids": "arXiv:2401.10166", "paper_name": "VMamba: Visual State Space Model",
-        **kwargs,
-    }
+def _cfg(**kwargs) -> Dict:
+    return imagenet_cfg(**{"first_conv": "stem.conv1", "license": "mit", "paper_ids": "arXiv:2401.10166",
+                           "paper_name": "VMamba: Visual State Space Model", **kwargs})
 
 
 # Official checkpoints are NOT downloaded (url is empty): fetch the file named in `notes` from `origin_url`
@@ -372,12 +270,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
-    return build_model_with_cfg(
-        VMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
-    )
+    return build_family_model(VMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 _V2 = dict(stem="conv", downsample="conv3", d_state=1, ssm_conv=3, ssm_conv_bias=False, gate=False, mlp_ratio=4.0)

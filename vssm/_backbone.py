@@ -1,0 +1,152 @@
+"""What every vssm family shares as a timm model: the staged-backbone API, the pretrained cfg, the factory.
+
+A family's model subclasses :class:`StagedBackbone` and provides ``stem``, ``stages`` (an ``nn.Sequential``
+of stages that take and return channels-last ``(B, H, W, C)`` tokens, each with a ``grad_checkpointing``
+flag), ``norm``, ``head``, ``feature_info``, ``in_chans``, ``min_input_size``, ``num_classes``,
+``forward_head``, ``reset_classifier`` and ``drop_head()`` (give the model a classifier with no classes, for
+``prune_intermediate_layers``); it overrides :meth:`StagedBackbone.final_features` if its final norm is not
+applied to the last stage's tokens.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
+
+from .layers import ssm_no_weight_decay
+
+__all__ = ["StagedBackbone", "imagenet_cfg", "build_family_model"]
+
+
+class StagedBackbone(nn.Module):
+    """timm API of a stem -> stages -> norm -> head model with channels-last tokens."""
+
+    # ---- hooks a family may override -------------------------------------------------------------------
+
+    def final_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage's tokens ``(B, h, w, C_last)`` -> what ``forward_features`` returns (here: normed)."""
+        return self.norm(x)
+
+    # ---- timm API ------------------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return ssm_no_weight_decay(self)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small)."""
+        name = type(self).__name__
+        if x.dim() != 4:
+            raise ValueError(f"{name} expects a (batch, {self.in_chans}, H, W) image tensor, got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{name} was built for {self.in_chans} input channels, got {x.shape[1]} (input shape "
+                             f"{tuple(x.shape)}); pass in_chans= to create_model")
+        H, W = x.shape[-2:]
+        least = max(self.min_input_size, 1)
+        if H < least or W < least:
+            raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {least}")
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward returning the stage outputs selected by ``indices`` (int: last n; None: all).
+
+        Args:
+            norm: apply the final norm to the last stage's output when it is taken.
+            stop_early: stop after the last stage needed.  output_fmt: 'NCHW' or 'NHWC' intermediates.
+            intermediates_only: return only the list of intermediates; else ``(forward_features, list)``.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self.check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[:max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if (norm and i == last) else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.final_features(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norm / head) not needed for the intermediates in ``indices``."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_head or prune_end:
+            self.drop_head()
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``(B, C, H, W)`` -> final tokens ``(B, h, w, C_last)`` (channels-last)."""
+        self.check_input(x)
+        return self.final_features(self.stages(self.stem(x)))
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+
+def imagenet_cfg(**kwargs) -> Dict:
+    """timm pretrained cfg of an ImageNet-1k 224x224 model; a family passes its paper, license, first conv
+    and classifier. ``url`` stays empty: vssm never downloads (see each family's ``default_cfgs`` notes)."""
+    return {
+        "url": "",
+        "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 32, 32), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic", "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "classifier": "head.fc",
+        **kwargs,
+    }
+
+
+def build_family_model(cls: Type[nn.Module], variant: str, pretrained: bool, checkpoint_filter_fn: Callable,
+                       **kwargs) -> nn.Module:
+    """``build_model_with_cfg`` with the family's checkpoint filter and 4-stage ``features_only`` support."""
+    return build_model_with_cfg(
+        cls, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
