@@ -2,12 +2,13 @@
 checkpoint mapping, input errors."""
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 import timm
 import torch
+
+from _helpers import create_meta, load_flops_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 import scans
 import vssm
@@ -16,8 +17,6 @@ from vssm.efficientvmamba import EfficientVMamba, checkpoint_filter_fn
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.environ.get("VSSM_REFERENCE_DIR", os.path.join(REPO, "..", "shared", "reference"))
 
 # model -> (official key list or None, parameter count measured from the official code)
 OFFICIAL = {
@@ -26,43 +25,6 @@ OFFICIAL = {
     "efficient_vmamba_small_d96": ("efficient_vmamba_small", 24_757_456),  # the repository yaml
     "efficient_vmamba_base": ("efficient_vmamba_base", 33_717_136),
 }
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def create_meta(name, **kwargs):
-    with torch.device("meta"):
-        return timm.create_model(name, **kwargs)
-
-
-def read_key_file(official_name):
-    path = os.path.join(REFERENCE, f"{official_name}.state_dict_keys.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"reference key list not found: {path}")
-    out = {}
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, dtype = line.rstrip("\n").split("\t")
-            out[key] = (tuple(int(s) for s in re.findall(r"\d+", shape)), dtype)
-    return out
-
-
-def synthetic_official_checkpoint(official_name, seed=0):
-    """Random tensors in the official layout; BN running_var kept positive so eval outputs are finite."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, (shape, dtype) in read_key_file(official_name).items():
-        if dtype == "int64":
-            sd[key] = torch.tensor(7)
-        elif key.endswith("running_var"):
-            sd[key] = torch.rand(shape, generator=g) + 0.5
-        else:
-            sd[key] = torch.randn(shape, generator=g) * 0.05
-    return {"model": sd, "epoch": 300}
 
 
 @pytest.fixture(scope="module")
@@ -280,10 +242,7 @@ def test_bad_inputs(tiny):
 # ---- FLOPs ----------------------------------------------------------------------------------------
 
 def test_flops_tool_matches_published():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("vssm_flops_tool", os.path.join(REPO, "tools", "flops.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_flops_tool()
     for name, published in (("efficient_vmamba_tiny", 0.8), ("efficient_vmamba_small", 1.3)):
         result = tool.count_model(create_meta(name), (3, 224, 224))
         assert result["params"] == OFFICIAL[name][1]

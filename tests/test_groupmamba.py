@@ -10,6 +10,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from _helpers import n_params, read_key_file, synthetic_official_state_dict
+
 import scans
 import vssm
 from vssm import CheckpointMismatchError
@@ -20,36 +22,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-REFERENCE = os.environ.get("VSSM_REFERENCE_DIR", os.path.join(REPO, "..", "shared", "reference"))
 # Made by the official GroupMamba code (random weights, naive CPU scan): official-layout state dict of a
 # small config, inputs, and the official eval / train outputs. See the file's 'note'.
 MICRO = os.path.join(HERE, "data", "groupmamba_official_micro.pt")
 
 OFFICIAL_PARAMS = {"groupmamba_tiny": 23_361_917, "groupmamba_small": 34_781_555, "groupmamba_base": 57_150_838}
 MICRO_ARGS = dict(stem_hidden_dim=8, dims=(16, 16, 32, 32), depths=(1, 1, 2, 1), mlp_ratios=(2, 2, 2, 2))
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def read_key_file(name):
-    path = os.path.join(REFERENCE, f"{name}.state_dict_keys.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"reference key list not found: {path}")
-    shapes = {}
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, _dtype = line.rstrip("\n").split("\t")
-            shapes[key] = tuple(int(s) for s in re.findall(r"\d+", shape))
-    return shapes
-
-
-def synthetic_official(name, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=g) * 0.05 for k, s in read_key_file(name).items()}
 
 
 def micro(**kwargs):
@@ -132,7 +110,7 @@ def test_official_file_through_timm(micro_ref, tmp_path):
 
 
 def test_synthetic_tiny_loads_strictly_and_twice_alike():
-    sd = synthetic_official("groupmamba_tiny")
+    sd = synthetic_official_state_dict("groupmamba_tiny")
     with torch.device("meta"):  # built without init cost; the strict load materialises every tensor
         a = timm.create_model("groupmamba_tiny")
         b = timm.create_model("groupmamba_tiny")

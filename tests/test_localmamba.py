@@ -3,12 +3,12 @@ official v/v_flip merge, CPU forward/backward, timm API, official checkpoint map
 from __future__ import annotations
 
 import copy
-import os
-import re
 
 import pytest
 import timm
 import torch
+
+from _helpers import load_flops_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 import scans
 import vssm
@@ -18,8 +18,6 @@ from vssm.localmamba import (LOCALMAMBA_DIRECTIONS, LocalSS2D, LocalVMamba, chec
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.environ.get("VSSM_REFERENCE_DIR", os.path.join(REPO, "..", "shared", "reference"))
 
 # model -> (official name, parameter count measured from the official code, blocks)
 OFFICIAL = {
@@ -30,30 +28,6 @@ OFFICIAL = {
 MIXED = [["h", "v_flip", "w2", "w7_flip"], ["h_flip", "v", "w2_flip", "w7"],
          ["v", "v_flip", "w7", "w2"], ["h", "h_flip", "v", "w2_flip"]]
 SMALL_ARGS = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), d_state=4, directions=MIXED)
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def read_key_file(official_name):
-    path = os.path.join(REFERENCE, f"{official_name}.state_dict_keys.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"reference key list not found: {path}")
-    shapes = {}
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, _dtype = line.rstrip("\n").split("\t")
-            shapes[key] = tuple(int(s) for s in re.findall(r"\d+", shape))
-    return shapes
-
-
-def synthetic_official_checkpoint(official_name, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"model": {k: torch.randn(s, generator=g) * 0.05 for k, s in read_key_file(official_name).items()},
-            "epoch": 300}
 
 
 _BUILT = {}
@@ -313,10 +287,7 @@ def test_bad_inputs(small):
 # ---- FLOPs ----------------------------------------------------------------------------------------
 
 def test_flops_tool_close_to_published():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("vssm_flops_tool", os.path.join(REPO, "tools", "flops.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_flops_tool()
     result = tool.count_model(copy.deepcopy(built("local_vmamba_tiny")), (3, 224, 224))  # moved to meta
     assert result["params"] == 25_527_160
     # published 5.7G counts LayerNorms (fvcore) that flop_counter does not: ~0.09G for the tiny model

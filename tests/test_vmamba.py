@@ -1,13 +1,14 @@
 """VMamba family: parameter counts, CPU forward/backward, timm API, official checkpoint mapping, input errors."""
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 import timm
 import timm.optim
 import torch
+
+from _helpers import create_meta, load_flops_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 import scans
 import vssm
@@ -16,8 +17,6 @@ from vssm.vmamba import checkpoint_filter_fn
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.environ.get("VSSM_REFERENCE_DIR", os.path.join(REPO, "..", "shared", "reference"))
 
 # model -> (official name, parameter count measured from the official code)
 OFFICIAL = {
@@ -26,30 +25,6 @@ OFFICIAL = {
     "vmamba_base": ("vmamba_base_s2l15", 88_557_800),
     "vanilla_vmamba_tiny": ("vanilla_vmamba_tiny", 22_893_448),
 }
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def read_key_file(official_name):
-    path = os.path.join(REFERENCE, f"{official_name}.state_dict_keys.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"reference key list not found: {path}")
-    shapes = {}
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, _dtype = line.rstrip("\n").split("\t")
-            shapes[key] = tuple(int(s) for s in re.findall(r"\d+", shape))
-    return shapes
-
-
-def synthetic_official_checkpoint(official_name, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"model": {k: torch.randn(s, generator=g) * 0.05 for k, s in read_key_file(official_name).items()},
-            "epoch": 300}
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +41,6 @@ def test_registered():
         assert name in names
     cfg = timm.models.get_pretrained_cfg("vmamba_tiny.in1k")
     assert cfg.tag == "in1k" and "vssm1_tiny_0230s_ckpt_epoch_264.pth" in cfg.origin_url
-
-
-def create_meta(name, **kwargs):
-    """Build on the meta device: shapes and names only, no init compute (fast for the big variants)."""
-    with torch.device("meta"):
-        return timm.create_model(name, **kwargs)
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL))
@@ -305,10 +274,7 @@ def test_bad_inputs(nano):
 # ---- FLOPs ----------------------------------------------------------------------------------------
 
 def test_flops_tool_matches_published():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("vssm_flops_tool", os.path.join(REPO, "tools", "flops.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_flops_tool()
     result = tool.count_model(create_meta("vmamba_tiny"), (3, 224, 224))
     assert result["params"] == 30_249_064
     assert abs(result["flops"] / 1e9 - 4.9) / 4.9 < 0.03

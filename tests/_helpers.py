@@ -1,0 +1,68 @@
+"""Shared by the model-family tests: official key lists, synthetic official checkpoints, the FLOP tool."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from typing import Dict, Tuple
+
+import pytest
+import timm
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.environ.get("VSSM_REFERENCE_DIR", os.path.join(REPO, "..", "shared", "reference"))
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def create_meta(name: str, **kwargs) -> torch.nn.Module:
+    """A timm model with parameters on the meta device (sizes and key names without memory)."""
+    with torch.device("meta"):
+        return timm.create_model(name, **kwargs)
+
+
+def read_key_file(official_name: str) -> Dict[str, Tuple[int, ...]]:
+    """``{key: shape}`` of an official state dict, from ``shared/reference/<name>.state_dict_keys.txt``
+    (lines ``key<TAB>shape<TAB>dtype``); skips the test when the reference is not beside the checkout."""
+    path = os.path.join(REFERENCE, f"{official_name}.state_dict_keys.txt")
+    if not os.path.exists(path):
+        pytest.skip(f"reference key list not found: {path}")
+    shapes = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            key, shape, _dtype = line.rstrip("\n").split("\t")
+            shapes[key] = tuple(int(s) for s in re.findall(r"\d+", shape))
+    return shapes
+
+
+def synthetic_official_state_dict(official_name: str, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Random tensors in the official layout. BatchNorm running variances are kept positive (finite eval
+    outputs) and ``num_batches_tracked`` counters are int64 scalars, as in a real checkpoint."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in read_key_file(official_name).items():
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(7)
+        elif key.endswith("running_var"):
+            sd[key] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[key] = torch.randn(shape, generator=g) * 0.05
+    return sd
+
+
+def synthetic_official_checkpoint(official_name: str, seed: int = 0) -> Dict:
+    """A training checkpoint as the official repos save it: ``{'model': state_dict, 'epoch': ...}``."""
+    return {"model": synthetic_official_state_dict(official_name, seed), "epoch": 300}
+
+
+def load_flops_tool():
+    """``tools/flops.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("vssm_flops_tool", os.path.join(REPO, "tools", "flops.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
