@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["forward", "backward", "selective_scan_triton", "pick_config"]
+__all__ = ["forward", "backward", "scan2d_forward", "scan2d_backward", "selective_scan_triton", "pick_config"]
 
 _LOG2E = 1.4426950408889634
 
@@ -69,20 +69,6 @@ def _sigmoid(x):
     return tl.where(x > 20.0, 1.0, e / (1.0 + e))
 
 
-@triton.jit
-def _load_chunk(u_ptr, delta_ptr, row_off, offs_l, mask_2d, bias, SOFTPLUS: tl.constexpr):
-    """u (fp32), the pre-activation, and dt (fp32, 0 outside the masks) for one (BLOCK_D, BLOCK_L) tile."""
-    u = tl.load(u_ptr + row_off[:, None] + offs_l[None, :], mask=mask_2d, other=0.0).to(tl.float32)
-    pre = tl.load(delta_ptr + row_off[:, None] + offs_l[None, :], mask=mask_2d, other=0.0).to(tl.float32)
-    pre = pre + bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(pre)
-    else:
-        dt = pre
-    dt = tl.where(mask_2d, dt, 0.0)
-    return u, pre, dt
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Tiles are 2D: one row per (channel, state) pair, r = d * NP + n, and BLOCK_L steps along the sequence. With
 # N = 1 a row is a channel; with N > 1 the NP rows of a channel are summed for y (and du, ddelta).
@@ -114,10 +100,10 @@ def _tile(pid_d, pid_bg, L, DG, G, N, NP: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_d = pid_d * BLOCK_D + r // NP
     mask_r = (offs_d < DG) & (n < N)
     chan = g * DG + offs_d  # channel within G*D
-    seq = (pid_bg - g) * DG + chan  # b*G*D + chan: the sequence index of u/delta/y
+    seq = (pid_bg - g) * DG + chan  # b*G*D + chan: the sequence index of delta (and u/y in the 1D layout)
     row_off = seq.to(tl.int64) * L
     bc_off = (pid_bg.to(tl.int64) * N + n) * L  # row of B/C of (b, g, n)
-    # channel-level offsets (rows of y, du, ddelta) for N > 1
+    # channel-level offsets (rows of ddelta) for N > 1
     dd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_c = dd < DG
     chan_off = ((pid_bg - g) * DG + g * DG + dd).to(tl.int64) * L
@@ -125,32 +111,73 @@ def _tile(pid_d, pid_bg, L, DG, G, N, NP: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Addressing of u / y (and du / dy). Both kernels read u and write y through (row base, position) pairs:
+#   1D layout (selective_scan): u, y (batch, G*D, L) contiguous; row = seq * L, position = l.
+#   2D layout (scan2d, GATHER): u (batch, C, H, W) and y (batch, C, H, W) with any strides; sequence g of
+#   batch b reads channel ``g*D + d`` (SPLIT patterns) or ``d`` (every sequence sees all C = D channels) at
+#   flat position ``p = idx[g, l]`` (``h = p // W``, ``w = p % W``; ``p < 0`` is a padding token: u = 0 there
+#   and its output is dropped). Outputs of the K sequences land on the same (channel, position) unless SPLIT,
+#   so y / du are accumulated with fp32 atomics.
+# ----------------------------------------------------------------------------------------------------------
+@triton.jit
+def _rows(pid_bg, G, DG, d, s_b, s_c, GATHER: tl.constexpr, SPLIT: tl.constexpr):
+    """Row base offsets of channels ``d`` (within the group) of program (b, g) in a u- or y-like tensor."""
+    g = pid_bg % G
+    b = pid_bg // G
+    if GATHER and not SPLIT:
+        xc = d
+    else:
+        xc = g * DG + d
+    return b.to(tl.int64) * s_b + xc.to(tl.int64) * s_c
+
+
+@triton.jit
+def _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER: tl.constexpr):
+    """(u offsets, y offsets, valid) of sequence steps ``offs_l`` of sequence ``g``."""
+    inside = (offs_l >= 0) & (offs_l < L)
+    if GATHER:
+        p = tl.load(idx_ptr + g.to(tl.int64) * L + offs_l, mask=inside, other=-1)
+        valid = inside & (p >= 0)
+        p = tl.where(valid, p, 0).to(tl.int64)
+        h = p // W_img
+        w = p - h * W_img
+        return h * su_h + w * su_w, h * sy_h + w * sy_w, valid
+    else:
+        return offs_l, offs_l, inside
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
-                L, DG, G, N,
-                SOFTPLUS: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr,
+                L, DG, G, N, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
+                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr,
+                NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid_bg = tl.program_id(1)
+    g = pid_bg % G
     n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
-        tl.program_id(0), tl.program_id(1), L, DG, G, N, NP, BLOCK_D)
+        tl.program_id(0), pid_bg, L, DG, G, N, NP, BLOCK_D)
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D * NP) // NP
     A2 = tl.load(A_ptr + chan * N + n, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
     Dv = tl.load(D_ptr + chan, mask=mask_r & (n == 0), other=0.0).to(tl.float32)  # skip term on row n=0
     bias = tl.load(bias_ptr + chan, mask=mask_r, other=0.0).to(tl.float32)
+    u_row = _rows(pid_bg, G, DG, offs_d, su_b, su_c, GATHER, SPLIT)
     if NP == 1:
-        y_off = row_off
+        y_row = _rows(pid_bg, G, DG, offs_d, sy_b, sy_c, GATHER, SPLIT)
         y_mask = mask_r
     else:
-        y_off = chan_off
+        y_row = _rows(pid_bg, G, DG, tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D), sy_b, sy_c, GATHER, SPLIT)
         y_mask = mask_c
 
     ar = tl.arange(0, BLOCK_L)
     last = (ar == BLOCK_L - 1)[None, :]
-    u_ptrs = u_ptr + row_off[:, None] + ar[None, :]
     d_ptrs = delta_ptr + row_off[:, None] + ar[None, :]
     b_ptrs = B_ptr + bc_off[:, None] + ar[None, :]
     c_ptrs = C_ptr + bc_off[:, None] + ar[None, :]
+    upos, ypos_nx, valid_nx = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
     m = mask_r[:, None] & (ar < L)[None, :]
-    u_nx = tl.load(u_ptrs, mask=m, other=0.0)
+    u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :], other=0.0)
     d_nx = tl.load(d_ptrs, mask=m, other=0.0)
     b_nx = tl.load(b_ptrs, mask=m, other=0.0)
     c_nx = tl.load(c_ptrs, mask=m, other=0.0)
@@ -160,11 +187,16 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
         pre = d_nx.to(tl.float32) + bias[:, None]
         Bt = b_nx.to(tl.float32)
         Ct = c_nx.to(tl.float32)
+        ypos = ypos_nx
+        valid = valid_nx
         offs_l = l0 + ar
         mask2 = mask_r[:, None] & (offs_l < L)[None, :]
         # prefetch the next chunk while this one is scanned
         m = mask_r[:, None] & (offs_l + BLOCK_L < L)[None, :]
-        u_nx = tl.load(u_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        upos, ypos_nx, valid_nx = _positions(idx_ptr, g, offs_l + BLOCK_L, L, W_img, su_h, su_w, sy_h, sy_w,
+                                             GATHER)
+        u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :],
+                       other=0.0)
         d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         c_nx = tl.load(c_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
@@ -177,8 +209,12 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
         sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
         hs = sb + sa * h[:, None]
         y = _chan_sum(hs * Ct + Dv[:, None] * u, BLOCK_D, NP, BLOCK_L)
-        tl.store(y_ptr + y_off[:, None] + offs_l[None, :], y.to(y_ptr.dtype.element_ty),
-                 mask=y_mask[:, None] & (offs_l < L)[None, :])
+        y_ptrs = y_ptr + y_row[:, None] + ypos[None, :]
+        y_store_mask = y_mask[:, None] & valid[None, :]
+        if GATHER:
+            tl.atomic_add(y_ptrs, y, mask=y_store_mask, sem="relaxed")
+        else:
+            tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=y_store_mask)
         h = tl.sum(tl.where(last, hs, 0.0), axis=1)
 
 
@@ -186,30 +222,36 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr,
 # Backward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
+def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr,
                 du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
-                L, DG, G, N, NCHUNK,
-                SOFTPLUS: tl.constexpr, ATOMIC_BC: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr,
+                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
+                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr,
+                ATOMIC_BC: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
+    g = pid_bg % G
     n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
         tl.program_id(0), pid_bg, L, DG, G, N, NP, BLOCK_D)
-    chan_c = (pid_bg % G) * DG + tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)  # channels, N > 1 path
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D * NP) // NP
+    dd = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    chan_c = g * DG + dd  # channels, N > 1 path
     A = tl.load(A_ptr + chan * N + n, mask=mask_r, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     Dv = tl.load(D_ptr + chan, mask=mask_r & (n == 0), other=0.0).to(tl.float32)
     bias = tl.load(bias_ptr + chan, mask=mask_r, other=0.0).to(tl.float32)
+    u_row = _rows(pid_bg, G, DG, offs_d, su_b, su_c, GATHER, SPLIT)  # rows of u / du
+    dy_row = _rows(pid_bg, G, DG, offs_d, sy_b, sy_c, GATHER, SPLIT)
     state_off = seq.to(tl.int64) * NCHUNK * NP + n
     ar = tl.arange(0, BLOCK_L)
     last = (ar == BLOCK_L - 1)[None, :]
     first = (ar == 0)[None, :]
-    u_ptrs = u_ptr + row_off[:, None] + ar[None, :]
     d_ptrs = delta_ptr + row_off[:, None] + ar[None, :]
     b_ptrs = B_ptr + bc_off[:, None] + ar[None, :]
 
     # pass 1: the state at the start of every chunk
     m = mask_r[:, None] & (ar < L)[None, :]
-    u_nx = tl.load(u_ptrs, mask=m, other=0.0)
+    upos, _yp, valid = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
+    u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :], other=0.0)
     d_nx = tl.load(d_ptrs, mask=m, other=0.0)
     b_nx = tl.load(b_ptrs, mask=m, other=0.0)
     h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
@@ -222,11 +264,15 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
             pre = d_nx.to(tl.float32) + bias[:, None]
             Bt = b_nx.to(tl.float32)
             m = mask_r[:, None] & (l0 + BLOCK_L + ar < L)[None, :]
-            u_nx = tl.load(u_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+            upos, _yp, valid = _positions(idx_ptr, g, l0 + BLOCK_L + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
+            u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
+                           other=0.0)
             d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
             b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         else:
-            u = tl.load(u_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
+            upos, _yp, valid = _positions(idx_ptr, g, l0 + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
+            u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
+                        other=0.0).to(tl.float32)
             pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
             Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
         if SOFTPLUS:
@@ -240,21 +286,27 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
     tl.debug_barrier()  # pass 2 reads states written by other threads of this program
 
     # pass 2: chunks from last to first
-    dy_ptrs = dy_ptr + row_off[:, None] + ar[None, :]
     cc_ptrs = C_ptr + bc_off[:, None] + ar[None, :]
     l_last = (NCHUNK - 1) * BLOCK_L
     m = mask_r[:, None] & (l_last + ar < L)[None, :]
-    u_nx = tl.load(u_ptrs + l_last, mask=m, other=0.0)
+    upos, ypos, valid = _positions(idx_ptr, g, l_last + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
+    mv = mask_r[:, None] & valid[None, :]
+    u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0)
+    dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0)
     d_nx = tl.load(d_ptrs + l_last, mask=m, other=0.0)
     b_nx = tl.load(b_ptrs + l_last, mask=m, other=0.0)
     c_nx = tl.load(cc_ptrs + l_last, mask=m, other=0.0)
-    dy_nx = tl.load(dy_ptrs + l_last, mask=m, other=0.0)
     q = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)  # alpha_s g_s at the start s of the later chunk
     dA_acc = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     n_idx = tl.arange(0, NP)
     bc_rows = (pid_bg.to(tl.int64) * N + n_idx) * L
+    if NP > 1:
+        u_row_c = _rows(pid_bg, G, DG, dd, su_b, su_c, GATHER, SPLIT)
+        dy_row_c = _rows(pid_bg, G, DG, dd, sy_b, sy_c, GATHER, SPLIT)
+        bias_c = tl.load(bias_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
+        D_c = tl.load(D_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
     for k in range(0, NCHUNK):
         c = NCHUNK - 1 - k
         l0 = c * BLOCK_L
@@ -262,6 +314,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
         mask_l = offs_l < L
         mask2 = mask_r[:, None] & mask_l[None, :]
         h0 = tl.load(state_ptr + state_off + c * NP, mask=mask_r, other=0.0)
+        upos, ypos, valid = _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
         if PREFETCH:
             u = u_nx.to(tl.float32)
             pre = d_nx.to(tl.float32) + bias[:, None]
@@ -269,17 +322,21 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
             Ct = c_nx.to(tl.float32)
             dy = dy_nx.to(tl.float32)
             m = mask_r[:, None] & (l0 - BLOCK_L + ar >= 0)[None, :]
-            u_nx = tl.load(u_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+            upos_p, ypos_p, valid_p = _positions(idx_ptr, g, l0 - BLOCK_L + ar, L, W_img, su_h, su_w, sy_h, sy_w,
+                                                 GATHER)
+            mv = mask_r[:, None] & valid_p[None, :]
+            u_nx = tl.load(u_ptr + u_row[:, None] + upos_p[None, :], mask=mv, other=0.0)
+            dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos_p[None, :], mask=mv, other=0.0)
             d_nx = tl.load(d_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
             b_nx = tl.load(b_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
             c_nx = tl.load(cc_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
-            dy_nx = tl.load(dy_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
         else:
-            u = tl.load(u_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
+            mv = mask_r[:, None] & valid[None, :]
+            u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0).to(tl.float32)
             pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
             Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             Ct = tl.load(cc_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
 
         if SOFTPLUS:
             dt = _softplus(pre)
@@ -314,21 +371,22 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
             dy_c = dy
             D_c = Dv
             mask_cl = mask2
-            out_off = row_off
+            seq_off = row_off
+            du_row = u_row
         else:  # channel-level copies (cache hits: the same rows were just read for every state)
             mask_cl = mask_c[:, None] & mask_l[None, :]
-            cptr = chan_off[:, None] + offs_l[None, :]
-            u_c = tl.load(u_ptr + cptr, mask=mask_cl, other=0.0).to(tl.float32)
-            dy_c = tl.load(dy_ptr + cptr, mask=mask_cl, other=0.0).to(tl.float32)
-            bias_c = tl.load(bias_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
-            D_c = tl.load(D_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
-            pre_c = tl.load(delta_ptr + cptr, mask=mask_cl, other=0.0).to(tl.float32) + bias_c[:, None]
+            mv_c = mask_c[:, None] & valid[None, :]
+            u_c = tl.load(u_ptr + u_row_c[:, None] + upos[None, :], mask=mv_c, other=0.0).to(tl.float32)
+            dy_c = tl.load(dy_ptr + dy_row_c[:, None] + ypos[None, :], mask=mv_c, other=0.0).to(tl.float32)
+            pre_c = tl.load(delta_ptr + chan_off[:, None] + offs_l[None, :], mask=mask_cl,
+                            other=0.0).to(tl.float32) + bias_c[:, None]
             if SOFTPLUS:
                 dt_c = _softplus(pre_c)
             else:
                 dt_c = pre_c
             dt_c = tl.where(mask_cl, dt_c, 0.0)
-            out_off = chan_off
+            seq_off = chan_off
+            du_row = u_row_c
         du = dx * dt_c + D_c[:, None] * dy_c
         ddt = dx * u_c + da_A
         if SOFTPLUS:
@@ -338,9 +396,14 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
         ddelta = tl.where(mask_cl, ddelta, 0.0)
         dD_acc += tl.sum(dy_c * u_c, axis=1)
         dbias_acc += tl.sum(ddelta, axis=1)
-        optr = out_off[:, None] + offs_l[None, :]
-        tl.store(du_ptr + optr, du.to(du_ptr.dtype.element_ty), mask=mask_cl)
-        tl.store(ddelta_ptr + optr, ddelta.to(ddelta_ptr.dtype.element_ty), mask=mask_cl)
+        tl.store(ddelta_ptr + seq_off[:, None] + offs_l[None, :], ddelta.to(ddelta_ptr.dtype.element_ty),
+                 mask=mask_cl)
+        du_ptrs = du_ptr + du_row[:, None] + upos[None, :]
+        du_mask = mask_cl & valid[None, :]
+        if GATHER:
+            tl.atomic_add(du_ptrs, du, mask=du_mask, sem="relaxed")
+        else:
+            tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=du_mask)
 
         dB = _group_sum(gs * x, BLOCK_D, NP, BLOCK_L)  # (NP, BLOCK_L): summed over the program's channels
         dC = _group_sum(hs * dy, BLOCK_D, NP, BLOCK_L)
@@ -355,7 +418,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
 
     # per-batch partial sums, reduced over the batch by the caller
     tl.store(dA_ptr + seq * N + n, dA_acc, mask=mask_r)
-    seq_c = (pid_bg - pid_bg % G) * DG + chan_c
+    seq_c = (pid_bg - g) * DG + chan_c
     tl.store(dD_ptr + seq_c, dD_acc, mask=mask_c)
     tl.store(dbias_ptr + seq_c, dbias_acc, mask=mask_c)
 
@@ -386,14 +449,68 @@ CONFIG_OVERRIDE: dict = {}
 _REVERSE_BY_FLIP = True  # reverse scan as flip + forward scan (measured faster than reverse=True)
 
 
-def _shapes(u, A, B):
-    batch, channels, length = u.shape
-    groups, n_state = B.shape[1], B.shape[2]
-    return batch, channels, length, groups, channels // groups, n_state
-
-
 def _fallback(u):
     return u.dtype == torch.float64  # fp64 runs in the chunked PyTorch backend with fp64 state
+
+
+def _seq_strides(u):
+    """(batch, channel, h, w) strides of the 1D layout ``(batch, G*D, L)``, seen as a (1, L) map."""
+    return u.stride(0), u.stride(1), 0, 1
+
+
+def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True):
+    """Run the forward kernel. ``index`` None: u / y in the 1D layout; else u / y are 2D maps read / accumulated
+    through the ``(K, L)`` index map (``width`` = W of the map)."""
+    batch, groups, n_state, length = B.shape
+    dg = delta.shape[1] // groups
+    cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
+    cfg.pop("REVERSE_BY_FLIP", None)
+    cfg.pop("PREFETCH", None)
+    grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
+    su, sy = (u.stride(), y.stride()) if index is not None else (_seq_strides(u), _seq_strides(y))
+    _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, u if index is None else index,
+                      length, dg, groups, n_state, width, *su, *sy,
+                      SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
+                      NP=triton.next_power_of_2(n_state),
+                      BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+
+
+def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplus, index=None, width=1,
+                     split=True):
+    """Run the backward kernel; writes (accumulates, with ``index``) ``du`` and returns the other gradients
+    ``(ddelta, dA, dB, dC, dD, ddelta_bias)``."""
+    batch, groups, n_state, length = B.shape
+    channels = delta.shape[1]
+    dg = channels // groups
+    cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
+    reverse_by_flip = bool(cfg.pop("REVERSE_BY_FLIP", _REVERSE_BY_FLIP))
+    prefetch = bool(cfg.pop("PREFETCH", True))
+    np2 = triton.next_power_of_2(n_state)
+    n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
+    f32 = dict(device=delta.device, dtype=torch.float32)
+    ddelta = torch.empty_like(delta)
+    d_blocks = triton.cdiv(dg, cfg["BLOCK_D"])
+    atomic = d_blocks > 1
+    alloc = torch.zeros if atomic else torch.empty
+    dB = alloc(B.shape, **f32)
+    dC = alloc(C.shape, **f32)
+    dA_part = torch.empty(batch, channels, n_state, **f32)
+    dD_part = torch.empty(batch, channels, **f32)
+    dbias_part = torch.empty(batch, channels, **f32)
+    if delta.numel() == 0:
+        dA_part.zero_(), dD_part.zero_(), dbias_part.zero_(), dB.zero_(), dC.zero_()
+    else:
+        states = torch.empty(batch * channels * n_chunks * np2, **f32)
+        su, sy = (u.stride(), grad_y.stride()) if index is not None else (_seq_strides(u), _seq_strides(grad_y))
+        grid = (d_blocks, batch * groups)
+        _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y, u if index is None else index,
+                          du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
+                          length, dg, groups, n_state, n_chunks, width, *su, *sy,
+                          SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
+                          ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
+                          NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+    return (ddelta, dA_part.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
 
 
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
@@ -401,18 +518,10 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
     if _fallback(u):
         from .chunked import selective_scan_chunked
         return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    batch, channels, length, groups, dg, n_state = _shapes(u, A, B)
     u, delta, A, B, C, D, delta_bias = (t.contiguous() for t in (u, delta, A, B, C, D, delta_bias))
     y = torch.empty_like(u)
-    if y.numel() == 0:
-        return y
-    cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
-    cfg.pop("REVERSE_BY_FLIP", None)
-    cfg.pop("PREFETCH", None)
-    grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
-    _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, length, dg, groups, n_state,
-                      SOFTPLUS=bool(delta_softplus), NP=triton.next_power_of_2(n_state),
-                      BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+    if y.numel():
+        _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus)
     return y
 
 
@@ -424,37 +533,40 @@ def backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus=True):
             inputs = [t.detach().requires_grad_(True) for t in (u, delta, A, B, C, D, delta_bias)]
             y = selective_scan_chunked(*inputs, delta_softplus)
             return torch.autograd.grad(y, inputs, grad_y)
-    batch, channels, length, groups, dg, n_state = _shapes(u, A, B)
     u, delta, A, B, C, D, delta_bias, grad_y = (
         t.contiguous() for t in (u, delta, A, B, C, D, delta_bias, grad_y))
-    cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
-    reverse_by_flip = bool(cfg.pop("REVERSE_BY_FLIP", _REVERSE_BY_FLIP))
-    prefetch = bool(cfg.pop("PREFETCH", True))
-    np2 = triton.next_power_of_2(n_state)
-    n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
-    f32 = dict(device=u.device, dtype=torch.float32)
     du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
-    d_blocks = triton.cdiv(dg, cfg["BLOCK_D"])
-    atomic = d_blocks > 1
-    alloc = torch.zeros if atomic else torch.empty
-    dB = alloc(B.shape, **f32)
-    dC = alloc(C.shape, **f32)
-    dA_part = torch.empty(batch, channels, n_state, **f32)
-    dD_part = torch.empty(batch, channels, **f32)
-    dbias_part = torch.empty(batch, channels, **f32)
-    if u.numel() == 0:
-        dA_part.zero_(), dD_part.zero_(), dbias_part.zero_(), dB.zero_(), dC.zero_()
-    else:
-        states = torch.empty(batch * channels * n_chunks * np2, **f32)
-        grid = (d_blocks, batch * groups)
-        _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y,
-                          du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
-                          length, dg, groups, n_state, n_chunks,
-                          SOFTPLUS=bool(delta_softplus), ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
-                          NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
-    return (du, ddelta, dA_part.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
+    return (du, *_launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplus))
+
+
+def _dense(x):
+    """``x`` itself when its strides are those ``empty_like`` reproduces (dense, non-overlapping), else a copy."""
+    return x if torch.empty_like(x).stride() == x.stride() else x.contiguous()
+
+
+def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True):
+    """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`kernels.scan2d`).
+
+    ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding). Returns the
+    float32 ``(batch, C, H, W)`` sum of the K outputs at their positions, channels-last in memory."""
+    x = _dense(x)
+    delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
+    batch, channels, H, W = x.shape
+    y = torch.zeros(batch, H, W, channels, device=x.device, dtype=torch.float32).permute(0, 3, 1, 2)
+    if delta.numel():
+        _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split)
+    return y
+
+
+def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True):
+    """(dx in x's dtype and strides, ddelta, dA, dB, dC, dD, ddelta_bias) of :func:`scan2d_forward`."""
+    x = _dense(x)
+    delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    dx = torch.zeros_like(x, dtype=torch.float32)
+    grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus,
+                             index=index, width=x.shape[3], split=split)
+    return (dx.to(x.dtype), *grads)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):

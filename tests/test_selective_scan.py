@@ -4,6 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
+from kernels.reference import selective_scan_reference
 
 
 def make_inputs(batch=2, groups=2, d=3, n=4, length=7, dtype=torch.float32, a_scale=1.0, requires_grad=False):
@@ -165,3 +166,49 @@ def test_fake_tensor_shapes_under_meta():
     inputs = {k: v.to("meta") for k, v in make_inputs().items()}
     y = kernels.selective_scan(**inputs)
     assert y.device.type == "meta" and y.shape == inputs["u"].shape
+
+
+# ---- kernels.scan2d on the PyTorch backends -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,options,H,W", [("cross", {}, 3, 5), ("group", {}, 4, 3), ("atrous", {}, 5, 4),
+                                              ("window", {"directions": ["h", "w2_flip", "v", "w7"]}, 5, 6)])
+def test_scan2d_equals_flatten_scan_merge(name, options, H, W):
+    import scans
+    pattern = scans.build(name, **options)
+    batch, channels, n = 2, 8, 3
+    K, L = pattern.K, pattern.sequence_length(H, W)
+    ck = pattern.channels_per_sequence(channels)
+    x = torch.randn(batch, channels, H, W, dtype=torch.float64).to(memory_format=torch.channels_last)
+    delta = torch.randn(batch, K * ck, L, dtype=torch.float64)
+    A = -torch.rand(K * ck, n, dtype=torch.float64)
+    B, C = torch.randn(2, batch, K, n, L, dtype=torch.float64)
+    D, bias = torch.randn(2, K * ck, dtype=torch.float64)
+    y = kernels.scan2d(x, delta, A, B, C, D, bias, pattern=pattern, backend="chunked")
+    ys = selective_scan_reference(pattern.flatten(x).reshape(batch, K * ck, L), delta, A, B, C, D, bias, True)
+    y_ref = pattern.merge(ys.view(batch, K, ck, L), (H, W))
+    assert y.dtype == torch.float64 and torch.allclose(y, y_ref, atol=1e-10)
+    y32 = kernels.scan2d(*(t.float() for t in (x, delta, A, B, C, D, bias)), pattern=name if not options else pattern)
+    assert y32.dtype == torch.float32 and torch.allclose(y32.double(), y_ref, atol=1e-4)
+
+
+def test_scan2d_bad_inputs():
+    import scans
+    x = torch.randn(1, 4, 3, 3)
+    L = 9
+    ok = dict(delta=torch.randn(1, 16, L), A=-torch.rand(16, 1), B=torch.randn(1, 4, 1, L), C=torch.randn(1, 4, 1, L))
+    with pytest.raises(KeyError, match="unknown scan pattern"):
+        kernels.scan2d(x, **ok, pattern="zigzag-nope")
+    with pytest.raises(ValueError, match=r"x must be a \(batch, C, H, W\)"):
+        kernels.scan2d(x[0], **ok)
+    with pytest.raises(ValueError, match="delta must be"):
+        kernels.scan2d(x, **{**ok, "delta": torch.randn(1, 16, L + 1)})
+    with pytest.raises(ValueError, match="B and C"):
+        kernels.scan2d(x, **{**ok, "B": torch.randn(1, 2, 1, L)})
+    with pytest.raises(ValueError, match="A must be"):
+        kernels.scan2d(x, **{**ok, "A": -torch.rand(4, 1)})
+    with pytest.raises(TypeError, match="share a dtype"):
+        kernels.scan2d(x, **{**ok, "delta": ok["delta"].double()})
+    with pytest.raises(ValueError, match="cannot be split"):
+        kernels.scan2d(torch.randn(1, 6, 3, 3), **ok, pattern=scans.build("group"))
+    with pytest.raises(ValueError, match="backend"):
+        kernels.scan2d(x, **ok, backend="cuda-please")

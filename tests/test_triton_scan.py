@@ -202,6 +202,128 @@ def test_compile_traces_custom_op_forward_and_backward(triton_scan, monkeypatch)
         assert rel_err(g, g_ref.double()) < 1e-5, name
 
 
+# ---- fused scan over a 2D map (kernels.scan2d): gather from the map, scan, scatter-add ----------------------
+
+def scan2d_inputs(pattern, batch, channels, H, W, n, dtype, device, channels_last):
+    K, L = pattern.K, pattern.sequence_length(H, W)
+    ck = pattern.channels_per_sequence(channels)
+    x = torch.randn(batch, channels, H, W)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    t = dict(x=x, delta=torch.randn(batch, K * ck, L) * 0.5, A=-torch.rand(K * ck, n) - 0.01,
+             B=torch.randn(batch, K, n, L), C=torch.randn(batch, K, n, L), D=torch.randn(K * ck),
+             delta_bias=torch.randn(K * ck) * 0.5)
+    out = {k: v.to(device=device, dtype=dtype) for k, v in t.items()}
+    if channels_last:  # .to() keeps the memory format; make it explicit for the low-precision copies
+        out["x"] = out["x"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def scan2d_reference(pattern, inputs, grad_y):
+    """float64 composition ``merge(scan(flatten(x)))`` and its autograd gradients."""
+    from kernels.reference import selective_scan_reference
+    x = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
+    xs = pattern.flatten(x["x"])
+    batch, K, ck, L = xs.shape
+    ys = selective_scan_reference(xs.reshape(batch, K * ck, L), *list(x.values())[1:], True)
+    y = pattern.merge(ys.view(xs.shape), inputs["x"].shape[-2:])
+    return y.detach(), torch.autograd.grad(y, list(x.values()), grad_y.double())
+
+
+# (pattern name, options, batch, channels, H, W, N): padding (window, atrous on odd maps), split channels (group)
+SCAN2D_CASES = [
+    ("cross", {}, 2, 3, 3, 5, 1),
+    ("cross", {}, 1, 3, 4, 3, 2),
+    ("group", {}, 1, 8, 3, 5, 1),
+    ("atrous", {}, 1, 3, 5, 3, 1),
+    ("window", {"directions": ["h", "v_flip", "w2", "w7_flip"]}, 1, 2, 5, 6, 3),
+] if not CUDA else [
+    ("cross", {}, 2, 96, 56, 56, 1),
+    ("cross", {}, 2, 40, 13, 29, 16),
+    ("group", {}, 2, 64, 28, 28, 1),
+    ("atrous", {}, 2, 48, 27, 33, 16),
+    ("window", {"directions": ["h", "v_flip", "w2", "w7_flip"]}, 2, 32, 15, 20, 16),
+]
+
+
+@kernel_test
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("name,options,batch,channels,H,W,n", SCAN2D_CASES)
+def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, channels, H, W, n, channels_last):
+    import scans
+    from kernels.scan2d import _index_on
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build(name, **options)
+    inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, channels_last)
+    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    y = triton_scan.scan2d_forward(*inputs.values(), index, pattern.split_channels, True)
+    grad_y = torch.randn_like(y)
+    y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y)
+    assert y.dtype == torch.float32 and y.shape == y_ref.shape
+    assert rel_err(y, y_ref) < 1e-4
+    grads = triton_scan.scan2d_backward(grad_y, *inputs.values(), index, pattern.split_channels, True)
+    for key, g, g_ref in zip(inputs, grads, grads_ref):
+        assert g.shape == g_ref.shape and g.dtype == inputs[key].dtype, key
+        assert rel_err(g, g_ref) < 1e-3, key
+    assert grads[0].stride() == inputs["x"].stride()  # dx in x's layout
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scan2d_low_precision(triton_scan, dtype):
+    import scans
+    from kernels.scan2d import _index_on
+    size = (2, 64, 20, 24, 1) if CUDA else (1, 4, 3, 4, 1)
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build("cross")
+    inputs = scan2d_inputs(pattern, *size, dtype, DEVICE, True)
+    index = _index_on(pattern, size[2], size[3], torch.device(DEVICE))
+    y = triton_scan.scan2d_forward(*inputs.values(), index, False, True)
+    grad_y = torch.randn_like(y)
+    y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y)
+    assert y.dtype == torch.float32 and rel_err(y, y_ref) < 1e-2
+    for key, g, g_ref in zip(inputs, triton_scan.scan2d_backward(grad_y, *inputs.values(), index, False, True),
+                             grads_ref):
+        assert g.dtype == dtype and rel_err(g, g_ref) < 2e-2, key
+
+
+@kernel_test
+def test_scan2d_op_autograd_and_compile(triton_scan):
+    """torch.ops.vssm.scan2d: autograd through the opaque backward op, fullgraph compile without breaks."""
+    import scans
+    from kernels.scan2d import _index_on
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build("cross")
+    inputs = scan2d_inputs(pattern, 1, 3, 4, 5, 2, torch.float32, DEVICE, True)
+    for v in inputs.values():
+        v.requires_grad_(True)
+    index = _index_on(pattern, 4, 5, torch.device(DEVICE))
+
+    def step(*args):
+        return (torch.ops.vssm.scan2d(*args, index, False, True) ** 2).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
+    loss = compiled(*inputs.values())
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    loss_ref = step(*inputs.values())
+    grads_ref = torch.autograd.grad(loss_ref, list(inputs.values()))
+    assert rel_err(loss.detach(), loss_ref.detach().double()) < 1e-5
+    for key, g, g_ref in zip(inputs, grads, grads_ref):
+        assert rel_err(g, g_ref.double()) < 1e-5, key
+
+
+@cuda_only
+def test_scan2d_auto_dispatch_matches_pytorch_backend():
+    import kernels
+    inputs = scan2d_inputs(__import__("scans").build("cross"), 2, 32, 14, 14, 1, torch.bfloat16, "cuda", True)
+    y = kernels.scan2d(*inputs.values(), pattern="cross")
+    y_ref = kernels.scan2d(*inputs.values(), pattern="cross", backend="chunked")
+    assert y.dtype == torch.float32 and rel_err(y, y_ref.double()) < 1e-2
+
+
 @pytest.mark.skipif(DEVICE is not None, reason="kernel tests already run directly in this process")
 def test_cpu_under_triton_interpreter():
     """Re-run this file's kernel tests on the CPU through the Triton interpreter (tiny sizes)."""

@@ -1,0 +1,136 @@
+"""Selective scan over a 2D map along a scan pattern's K token orders: gather, scan, scatter-add in one op.
+
+``scan2d(x, delta, A, B, C, D, delta_bias, pattern)`` equals
+``pattern.merge(selective_scan(pattern.flatten(x), delta, A, B, C, D, delta_bias), (H, W))`` but with the
+``"triton"`` backend it never builds the K copies of ``x`` nor the K per-direction outputs: the kernel reads
+the tokens of every sequence from the 2D map through the pattern's index map and adds each output into the
+single float32 result (see kernels/triton_scan.py). Other backends run that composition in PyTorch.
+
+The fused path is the custom op ``vssm::scan2d`` (fake implementation and autograd through the opaque op
+``vssm::scan2d_backward``), so ``torch.compile`` keeps it as one node.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Union
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+import scans
+
+from .selective_scan import resolve_backend, selective_scan
+
+__all__ = ["scan2d"]
+
+
+@lru_cache(maxsize=256)
+def _index_on(pattern: scans.ScanPattern, H: int, W: int, device: torch.device) -> torch.Tensor:
+    """The pattern's ``(K, L)`` index map as int32 on ``device`` (``scans.PAD`` = -1 kept)."""
+    return pattern.index_map(H, W).to(device=device, dtype=torch.int32)
+
+
+def _check(x, delta, A, B, C, pattern):
+    if x.dim() != 4:
+        raise ValueError(f"scan2d: x must be a (batch, C, H, W) map, got shape {tuple(x.shape)}")
+    batch, channels, H, W = x.shape
+    K, L = pattern.K, pattern.sequence_length(H, W)
+    c_k = pattern.channels_per_sequence(channels)
+    if delta.shape != (batch, K * c_k, L):
+        raise ValueError(f"scan2d: for x {tuple(x.shape)} and pattern {pattern.name!r} (K={K}, L={L}) delta must be "
+                         f"{(batch, K * c_k, L)}, got {tuple(delta.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (batch, K) or B.shape[3] != L or C.shape != B.shape:
+        raise ValueError(f"scan2d: B and C must both be (batch, K={K}, N, L={L}), got {tuple(B.shape)} and "
+                         f"{tuple(C.shape)}")
+    if A.shape != (K * c_k, B.shape[2]):
+        raise ValueError(f"scan2d: A must be (K*C_k, N) = {(K * c_k, B.shape[2])}, got {tuple(A.shape)}")
+    if delta.dtype != x.dtype:
+        raise TypeError(f"scan2d: x ({x.dtype}) and delta ({delta.dtype}) must share a dtype")
+
+
+def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+           D: torch.Tensor = None, delta_bias: torch.Tensor = None,
+           pattern: Union[str, "scans.ScanPattern"] = "cross", delta_softplus: bool = True,
+           backend: str = "auto") -> torch.Tensor:
+    """Selective scan of a 2D map along ``pattern``, outputs of the K sequences summed at their positions.
+
+    Args:
+        x: ``(batch, C, H, W)``, any strides (channels-last needs no copy).
+        delta: ``(batch, K*C_k, L)`` step sizes in sequence order (``C_k = C``, or ``C / K`` for a
+            channel-splitting pattern). A: ``(K*C_k, N)``. B, C: ``(batch, K, N, L)`` in sequence order.
+        D, delta_bias: ``(K*C_k,)`` or None.  pattern: a registered pattern name or a built ``ScanPattern``.
+        backend: as :func:`kernels.selective_scan`; ``"triton"`` (``auto`` on CUDA) runs the fused kernel.
+
+    Returns:
+        ``(batch, C, H, W)`` float32 (float64 for float64 input).
+    """
+    pattern = scans.build(pattern) if isinstance(pattern, str) else pattern
+    _check(x, delta, A, B, C, pattern)
+    batch, channels, H, W = x.shape
+    width = delta.shape[1]
+    D = x.new_zeros(width, dtype=A.dtype) if D is None else D
+    delta_bias = x.new_zeros(width, dtype=A.dtype) if delta_bias is None else delta_bias
+    name = resolve_backend(backend, x.device)
+    if name == "triton" and x.dtype != torch.float64:
+        index = _index_on(pattern, H, W, x.device)
+        return torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,
+                                     bool(delta_softplus))
+    xs = pattern.flatten(x)  # (batch, K, C_k, L)
+    ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return pattern.merge(ys.view(xs.shape).to(out_dtype), (H, W))
+
+
+# ---- the fused op ---------------------------------------------------------------------------------------
+
+@torch.library.custom_op("vssm::scan2d", mutates_args=())
+def _scan2d_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+               D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
+               delta_softplus: bool) -> torch.Tensor:
+    from . import triton_scan
+    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus)
+
+
+@_scan2d_op.register_fake
+def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus):
+    batch, channels, H, W = x.shape
+    return x.new_empty(batch, H, W, channels, dtype=torch.float32).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op("vssm::scan2d_backward", mutates_args=())
+def _scan2d_backward_op(
+        grad_y: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+        C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
+        delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from . import triton_scan
+    return tuple(triton_scan.scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split,
+                                             delta_softplus))
+
+
+@_scan2d_backward_op.register_fake
+def _(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus):
+    return tuple(torch.empty_like(t) for t in (x, delta, A, B, C, D, delta_bias))
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, index, split, delta_softplus = inputs
+    ctx.save_for_backward(*tensors, index)
+    ctx.split = split
+    ctx.delta_softplus = delta_softplus
+
+
+def _backward(ctx, grad_y):
+    *tensors, index = ctx.saved_tensors
+    grads = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, ctx.split, ctx.delta_softplus)
+    return (*grads, None, None, None)
+
+
+_scan2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.vssm.scan2d)
+def _scan2d_flops(x_shape, delta_shape, A_shape, *args, out_shape=None, **kwargs) -> int:
+    """The selective scan's count (kernels/selective_scan.py) for the K sequences; gather/merge are moves."""
+    batch, channels, length = delta_shape
+    return 9 * batch * length * channels * A_shape[1] + batch * channels * length
