@@ -14,10 +14,12 @@ class ScanPattern:
 
     Subclasses define :meth:`build_index`. ``split_channels=False``: every sequence sees all C channels.
     ``split_channels=True``: channel group k (``C // K`` contiguous channels) goes to sequence k only.
+    ``sequences_cover_map``: every sequence visits every position (False: each visits a part of the map).
     """
 
     name: str = "pattern"
     split_channels: bool = False
+    sequences_cover_map: bool = True
 
     def __init__(self, num_sequences: int):
         self.K = num_sequences
@@ -52,12 +54,22 @@ class ScanPattern:
             raise ValueError(f"{self.name}.flatten expects (B, C, H, W), got shape {tuple(x.shape)}")
         batch, channels, H, W = x.shape
         c_k = self.channels_per_sequence(channels)
+        if self.split_channels:
+            return self.gather(x.reshape(batch, self.K, c_k, H, W))
         index = self._device_index(H, W, x.device)
         flat = torch.cat([x.reshape(batch, channels, H * W), x.new_zeros(batch, channels, 1)], dim=2)
-        if self.split_channels:
-            flat = flat.view(batch, self.K, c_k, H * W + 1)
-            return flat.gather(3, index[None, :, None, :].expand(batch, self.K, c_k, index.shape[1]))
         return flat[:, :, index].transpose(1, 2)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``(B, K, c, H, W)`` -> ``(B, K, c, L)``: slice k read in the order of sequence k (zero at padding).
+
+        For per-sequence quantities computed on the 2D map (e.g. the K projections of every token)."""
+        if t.dim() != 5 or t.shape[1] != self.K:
+            raise ValueError(f"{self.name}.gather expects (B, {self.K}, c, H, W), got shape {tuple(t.shape)}")
+        batch, K, c, H, W = t.shape
+        index = self._device_index(H, W, t.device)
+        flat = torch.cat([t.reshape(batch, K, c, H * W), t.new_zeros(batch, K, c, 1)], dim=3)
+        return flat.gather(3, index[None, :, None, :].expand(batch, K, c, index.shape[1]))
 
     def merge(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """``(B, K, C_k, L)`` -> ``(B, C, H, W)``: each token's output added back at its position."""

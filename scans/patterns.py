@@ -91,6 +91,7 @@ class AtrousScan(ScanPattern):
     slots stay inside the sequences (input zero, output dropped), as in the official EfficientScan."""
 
     name = "atrous"
+    sequences_cover_map = False
 
     def __init__(self, step: int = 2):
         if step != 2:

@@ -40,7 +40,26 @@ def test_index_map_covers_every_position(case, size):
     # every position is covered, and equally often (K times, or once for the sub-grid atrous scan)
     counts = torch.bincount(index[index != PAD], minlength=H * W)
     assert counts.min() == counts.max() == coverage(pattern)
+    every_sequence_full = all(int((index[k] != PAD).sum()) == H * W for k in range(pattern.K))
+    assert every_sequence_full == pattern.sequences_cover_map
     assert pattern.index_map(H, W) is index  # cached per size
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_gather_reads_slice_k_in_order_of_sequence_k(case):
+    name, options, _ = case
+    pattern = scans.build(name, **options)
+    H, W = 5, 7
+    x = torch.randn(2, pattern.K, 3, H, W)
+    out = pattern.gather(x)
+    index = pattern.index_map(H, W)
+    assert out.shape == (2, pattern.K, 3, index.shape[1])
+    for k in range(pattern.K):
+        real = index[k] != PAD
+        assert torch.equal(out[:, k][..., real], x[:, k].reshape(2, 3, H * W)[..., index[k][real]])
+        assert (out[:, k][..., ~real] == 0).all()
+    with pytest.raises(ValueError, match="gather expects"):
+        pattern.gather(torch.randn(2, pattern.K + 1, 3, H, W))
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

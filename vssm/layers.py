@@ -14,7 +14,7 @@ official releases so checkpoints of every family map onto it by prefix only.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Type, Union
+from typing import Callable, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -249,32 +249,39 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def scan_core(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, d_inner, H, W)`` -> ``(B, d_inner, H, W)`` float32: scan, project, selective scan, merge."""
+    def ssm_parameters(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``A = -exp(A_logs)`` ``(K*d_seq, N)``, ``D`` and ``delta_bias`` ``(K*d_seq,)``, float32."""
+        return -torch.exp(self.A_logs.float()), self.Ds.float(), self.dt_projs_bias.reshape(-1).float()
+
+    def project_sequences(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, d_inner, H, W)`` -> ``delta (B, K*d_seq, L)``, ``B, C (B, K, N, L)`` in sequence order.
+
+        The K per-sequence projections are pointwise: where every sequence covers the map they run on the 2D
+        map (no K copies of it) and only their ``dt_rank + 2N`` outputs per token are gathered into each
+        sequence's order; where each sequence covers a part (atrous), on the gathered tokens."""
         Bsz, _, H, W = x.shape
         K, R, N = self.scan.K, self.dt_rank, self.d_state
-        xs = self.scan.flatten(x)  # (B, K, d_seq, L)
-        L = xs.shape[-1]
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        if not self.scan.sequences_cover_map:
+            x_dbl = torch.einsum("bkdl,kcd->bkcl", self.scan.flatten(x), self.x_proj_weight)
+        elif self.scan.split_channels:  # sequence k projects its own channel group
+            x_dbl = self.scan.gather(torch.einsum("bkdhw,kcd->bkchw", x.reshape(Bsz, K, self.d_seq, H, W),
+                                                  self.x_proj_weight))
+        else:
+            x_dbl = self.scan.gather(torch.einsum("bdhw,kcd->bkchw", x, self.x_proj_weight))
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        ys = kernels.selective_scan(
-            xs.reshape(Bsz, K * self.d_seq, L).float(),
-            dts.reshape(Bsz, K * self.d_seq, L).float(),
-            -torch.exp(self.A_logs.float()),
-            Bs.float().contiguous(),
-            Cs.float().contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
-            delta_softplus=True,
-            backend=self.backend,
-        )
-        return self.merge_sequences(ys.view(Bsz, K, self.d_seq, L), (H, W))
+        return dts.reshape(Bsz, K * self.d_seq, -1).to(x.dtype), Bs.contiguous(), Cs.contiguous()
 
-    def merge_sequences(self, ys: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """``(B, K, d_seq, L)`` scan outputs -> ``(B, d_inner, H, W)``. Default: the pattern's merge (sum of
-        the K outputs at their positions); subclasses with another fusion of the K directions override it."""
-        return self.scan.merge(ys, size)
+    def scan_sequences(self, x: torch.Tensor, delta: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
+        """Selective scan of the K sequences of ``x (B, d_inner, H, W)``, outputs summed at their positions:
+        ``(B, d_inner, H, W)`` float32 (one fused :func:`kernels.scan2d`). Subclasses with another fusion of
+        the K directions override this."""
+        A, D, delta_bias = self.ssm_parameters()
+        return kernels.scan2d(x, delta, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend)
+
+    def scan_core(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, d_inner, H, W)`` -> ``(B, d_inner, H, W)`` float32: project, selective scan, merge."""
+        return self.scan_sequences(x, *self.project_sequences(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(x)

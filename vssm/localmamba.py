@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+import kernels
 import scans
 
 from ._backbone import build_family_model, imagenet_cfg
@@ -185,11 +186,17 @@ class LocalSS2D(SS2D):
             self._merge_index_cache[key] = index
         return index
 
-    def merge_sequences(self, ys: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        H, W = size
-        batch, K, channels, _ = ys.shape
-        index = self._merge_index(H, W, ys.device)
-        maps = ys.gather(3, index[None, :, None, :].expand(batch, K, channels, H * W))  # (B, K, C, H*W)
+    def scan_sequences(self, x: torch.Tensor, delta: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
+        """The K outputs are needed apart (the gate weighs them), so the sequences are materialised."""
+        batch, channels, H, W = x.shape
+        A, D, delta_bias = self.ssm_parameters()
+        xs = self.scan.flatten(x)  # (B, K, d_seq, L)
+        K, L = xs.shape[1], xs.shape[3]
+        ys = kernels.selective_scan(xs.reshape(batch, K * self.d_seq, L), delta, A, Bs, Cs, D, delta_bias,
+                                    backend=self.backend).float()
+        index = self._merge_index(H, W, x.device)
+        index = index[None, :, None, :].expand(batch, K, self.d_seq, H * W)
+        maps = ys.view(batch, K, self.d_seq, L).gather(3, index)
         return self.direction_gate(maps).view(batch, channels, H, W)
 
     def extra_repr(self) -> str:
