@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import runpy
 import sys
 
@@ -27,17 +26,28 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from vssm import CheckpointMismatchError  # noqa: E402
 from vssm.mm import VSSMBackbone, VSSMOptimWrapperConstructor, list_archs, load_backbone_checkpoint  # noqa: E402
 
+from _helpers import synthetic_official_checkpoint, synthetic_official_state_dict  # noqa: E402
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.environ.get("VSSM_REFERENCE_DIR", os.path.join(REPO, "..", "shared", "reference"))
 DET_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "mmdet", "**", "*.py"), recursive=True)
                      if f"{os.sep}_base_{os.sep}" not in p)
 SEG_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "mmseg", "**", "*.py"), recursive=True)
                      if f"{os.sep}_base_{os.sep}" not in p)
-# one config per family for the loss / predict / Runner tests (the smallest variant)
-FAMILY_DET = {"vmamba": "configs/mmdet/vmamba/mask_rcnn_vmamba_tiny_fpn_1x_coco.py"}
-FAMILY_SEG = {"vmamba": "configs/mmseg/vmamba/upernet_vmamba_tiny_8xb2-160k_ade20k-512x512.py"}
+# one config per family for the loss / predict tests (the smallest variant); the Runner tests use VMamba's
+FAMILY_DET = {
+    "vmamba": "configs/mmdet/vmamba/mask_rcnn_vmamba_tiny_fpn_1x_coco.py",
+    "localvmamba": "configs/mmdet/localvmamba/mask_rcnn_local_vmamba_tiny_fpn_1x_coco.py",
+    "efficientvmamba": "configs/mmdet/efficientvmamba/mask_rcnn_efficient_vmamba_tiny_fpn_1x_coco.py",
+    "groupmamba": "configs/mmdet/groupmamba/mask_rcnn_groupmamba_tiny_fpn_1x_coco.py",
+}
+FAMILY_SEG = {
+    "vmamba": "configs/mmseg/vmamba/upernet_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
+    "localvmamba": "configs/mmseg/localvmamba/upernet_local_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
+    "efficientvmamba": "configs/mmseg/efficientvmamba/upernet_efficient_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
+    "groupmamba": "configs/mmseg/groupmamba/upernet_groupmamba_tiny_8xb2-160k_ade20k-512x512.py",
+}
 
 
 def _rel(path):
@@ -68,7 +78,7 @@ def _check_config(path, scope):
     assert "vssm.mm" in cfg.custom_imports["imports"]
     b = cfg.model.backbone
     assert b.type == "VSSMBackbone" and b.arch in list_archs()
-    assert b.init_cfg["type"] == "Pretrained" and b.init_cfg["checkpoint"].endswith(".pth")
+    assert b.init_cfg["type"] == "Pretrained" and b.init_cfg["checkpoint"].endswith((".pth", ".ckpt"))
     # every pipeline names registered transforms
     from mmcv.transforms import Compose
     init_default_scope(scope)
@@ -102,28 +112,71 @@ def test_seg_config_builds(path):
     assert cfg.optim_wrapper.optimizer.lr == 6e-5 and cfg.train_cfg.max_iters == 160000
 
 
+_LM = "https://github.com/hunto/LocalMamba/releases/download/v1.0.0/"
+# (task, arch) -> (drop_path_rate, checkpoint). Official values: VMamba (MzeroMiko/VMamba), LocalVMamba
+# (hunto/LocalMamba detection/configs/local_mamba, segmentation/configs/local_mamba), EfficientVMamba detection
+# (TerryPei/EfficientVMamba detection/configs/efficient). Ours (no official config): EfficientVMamba segmentation
+# (its own drop_path_rate 0.2) and GroupMamba (VMamba's per-size values); see configs/mmdet/README.md.
+OFFICIAL = {
+    **{(task, f"vmamba_{s}"): (dpr, ckpt) for task in ("det", "seg") for s, dpr, ckpt in (
+        ("tiny", 0.2, "vssm1_tiny_0230s_ckpt_epoch_264.pth"), ("small", 0.3, "vssm_small_0229_ckpt_epoch_222.pth"),
+        ("base", 0.6, "vssm_base_0229_ckpt_epoch_237.pth"))},
+    ("det", "local_vmamba_tiny"): (0.2, _LM + "local_vssm_tiny.ckpt"),
+    ("det", "local_vmamba_small"): (0.2, _LM + "local_vssm_small.ckpt"),
+    ("seg", "local_vmamba_tiny"): (0.1, _LM + "local_vssm_tiny.ckpt"),
+    ("seg", "local_vmamba_small"): (0.2, _LM + "local_vssm_small.ckpt"),
+    **{(task, arch): (0.2, f"ckpts/efficient_vmamba_{s}.ckpt") for task in ("det", "seg") for arch, s in (
+        ("efficient_vmamba_tiny", "tiny"), ("efficient_vmamba_small_d96", "small"), ("efficient_vmamba_base", "base"))},
+    **{(task, f"groupmamba_{s}"): (dpr, f"ckpts/groupmamba_{s}.pth") for task in ("det", "seg")
+       for s, dpr in (("tiny", 0.2), ("small", 0.3), ("base", 0.6))},
+}
+
+
 def test_official_values():
-    """drop_path_rate per variant as in the official VMamba detection / segmentation configs."""
-    want = {"vmamba_tiny": 0.2, "vmamba_small": 0.3, "vmamba_base": 0.6}
-    for path in DET_CONFIGS + SEG_CONFIGS:
-        cfg = Config.fromfile(path)
-        arch = cfg.model.backbone.arch
-        if arch in want:
-            assert cfg.model.backbone.drop_path_rate == want[arch], path
+    """Every config's backbone, drop_path_rate, checkpoint and schedule as in the official configs (or, where a
+    family has none, the documented recipe), and every (task, backbone) pair has its configs."""
+    seen = set()
+    for task, paths in (("det", DET_CONFIGS), ("seg", SEG_CONFIGS)):
+        for path in paths:
+            cfg = Config.fromfile(path)
+            b = cfg.model.backbone
+            assert (task, b.arch) in OFFICIAL, path
+            dpr, ckpt = OFFICIAL[task, b.arch]
+            assert b.drop_path_rate == dpr, path
+            assert b.init_cfg["checkpoint"].endswith(ckpt), path
+            assert os.path.basename(path).startswith({"det": "mask_rcnn_", "seg": "upernet_"}[task] + b.arch + "_")
+            if task == "det":
+                milestones = [s for s in cfg.param_scheduler if s.type == "MultiStepLR"][0].milestones
+                assert milestones == ([27, 33] if "3x" in path else [8, 11]), path
+                ms = any(t.type == "RandomChoice" for t in cfg.train_dataloader.dataset.pipeline)
+                assert ms == ("ms_crop" in path), path
+                seen.add((task, b.arch, "3x" if "3x" in path else "1x"))
+            else:
+                assert cfg.optim_wrapper.optimizer.weight_decay == 0.01 and cfg.train_dataloader.batch_size == 2
+                assert cfg.model.data_preprocessor.size == (512, 512), path
+                seen.add((task, b.arch, "160k"))
+    want = {(t, a, s) for t, a in OFFICIAL for s in ({"det": ("1x", "3x"), "seg": ("160k",)}[t])}
+    assert seen == want, sorted(want ^ seen)
 
 
 # ---- loss + predict on one image with real targets ---------------------------------------------------
+
+# image size of the loss / predict tests; LocalVMamba's window scans are several times slower on the CPU than the
+# other families' scans (its backward at 128x160 takes ~25 s on 2 cores), so it gets a smaller image
+_IMG_SIZE = {"localvmamba": (64, 96)}
+
 
 def _det_sample(h=128, w=160):
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
+    y0, x0, y1, x1 = h // 4, w // 4, h * 7 // 10, w * 3 // 4
     img = torch.full((3, h, w), 40, dtype=torch.uint8)
-    img[:, 30:90, 40:120] = 200  # a bright box ...
+    img[:, y0:y1, x0:x1] = 200  # a bright box ...
     mask = np.zeros((1, h, w), np.uint8)
-    mask[0, 30:90, 40:120] = 1
+    mask[0, y0:y1, x0:x1] = 1
     sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0)))
-    sample.gt_instances = InstanceData(bboxes=torch.tensor([[40.0, 30.0, 120.0, 90.0]]),
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32),
                                        labels=torch.tensor([3]), masks=BitmapMasks(mask, h, w))
     return img, sample
 
@@ -135,7 +188,8 @@ def test_det_loss_and_predict(family):
     cfg.model.backbone.init_cfg = None
     model = _build(cfg.model, "mmdet")
     model.init_weights()
-    img, sample = _det_sample()
+    h, w = _IMG_SIZE.get(family, (128, 160))
+    img, sample = _det_sample(h, w)
     model.train()
     data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample]), True)
     losses = model(**data, mode="loss")
@@ -145,11 +199,14 @@ def test_det_loss_and_predict(family):
                 if "loss" in k)
     assert torch.isfinite(total)
     total.backward()
-    grads = [p.grad for n, p in model.backbone.named_parameters() if p.requires_grad and "stages.0" in n]
-    assert grads and all(g is not None for g in grads)
+    # every trainable backbone parameter gets a gradient (what DDP's unused-parameter check needs), the frozen
+    # head-only modules (final norm, GroupMamba's class-token block) none
+    trainable = [(n, p) for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert any("stages.0" in n for n, _ in trainable)
+    assert not [n for n, p in trainable if p.grad is None]
 
     model.eval()
-    img, sample = _det_sample()
+    img, sample = _det_sample(h, w)
     with torch.no_grad():
         data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample]), False)
         (pred,) = model(**data, mode="predict")
@@ -157,7 +214,7 @@ def test_det_loss_and_predict(family):
     assert inst.bboxes.shape[1] == 4 and len(inst.scores) == len(inst.labels) == len(inst.masks)
     assert len(inst) <= 100
     if len(inst):
-        assert tuple(inst.masks.shape[1:]) == (128, 160)
+        assert tuple(inst.masks.shape[1:]) == (h, w)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_SEG))
@@ -167,13 +224,13 @@ def test_seg_loss_and_predict(family):
     from mmseg.structures import SegDataSample
     cfg = Config.fromfile(os.path.join(REPO, FAMILY_SEG[family]))
     cfg.model.backbone.init_cfg = None
-    cfg.model.data_preprocessor.size = (128, 160)
+    h, w = _IMG_SIZE.get(family, (128, 160))
+    cfg.model.data_preprocessor.size = (h, w)
     model = _build(cfg.model, "mmseg")
-    h, w = 128, 160
     img = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
     seg = torch.zeros(1, h, w, dtype=torch.long)
-    seg[:, :, 80:] = 7
-    seg[:, 100:, :] = 255  # ignored pixels
+    seg[:, :, w // 2:] = 7
+    seg[:, h * 25 // 32:, :] = 255  # ignored pixels
 
     def sample():
         s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
@@ -187,7 +244,7 @@ def test_seg_loss_and_predict(family):
     total = losses["decode.loss_ce"] + losses["aux.loss_ce"]
     assert torch.isfinite(total)
     total.backward()
-    assert model.backbone.model.stem.conv1.weight.grad is not None
+    assert not [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
 
     model.eval()
     with torch.no_grad():
@@ -239,23 +296,8 @@ def test_frozen_stages_and_grad_checkpointing():
     assert cp.model.stages[0].blocks[0].mixer.A_logs.grad is not None
 
 
-def _official_tiny_checkpoint():
-    path = os.path.join(REFERENCE, "vmamba_tiny_s1l8.state_dict_keys.txt")
-    if not os.path.exists(path):
-        pytest.skip(f"reference key list not found: {path}")
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            key, shape, _ = line.rstrip("\n").split("\t")
-            sd[key] = torch.randn(tuple(int(s) for s in re.findall(r"\d+", shape)), generator=g) * 0.05
-    return {"model": sd, "epoch": 264}
-
-
 def test_init_cfg_official_checkpoint(tmp_path):
-    ckpt = _official_tiny_checkpoint()
+    ckpt = synthetic_official_checkpoint("vmamba_tiny_s1l8")
     path = tmp_path / "vssm1_tiny_0230s_ckpt_epoch_264.pth"
     torch.save(ckpt, path)
     b = VSSMBackbone("vmamba_tiny", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
@@ -270,6 +312,33 @@ def test_init_cfg_official_checkpoint(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointMismatchError, match=r"missing keys .*stages\.2\.blocks\.3\.mixer\.A_logs"):
         load_backbone_checkpoint(b, str(path))
+
+
+def test_groupmamba_class_block_unused_and_official_checkpoint(tmp_path):
+    """GroupMamba's class-token block, final norm and classifiers are head-only: frozen in the backbone (so DDP needs
+    no find_unused_parameters), and an official GroupMamba checkpoint (which holds them) loads."""
+    off = synthetic_official_state_dict("groupmamba_tiny")
+    path = tmp_path / "groupmamba_tiny.pth"
+    torch.save(off, path)  # the release file is a bare state dict
+    b = VSSMBackbone("groupmamba_tiny", pretrained=str(path))
+    b.init_weights()
+    torch.testing.assert_close(b.model.stem.conv[0].weight, off["patch_embed1.conv.0.weight"])
+    torch.testing.assert_close(b.model.cls_block.norm1.weight, off["post_network.0.norm1.weight"])
+    torch.testing.assert_close(b.model.norm.weight, off["norm4.weight"])
+    frozen = {n for n, p in b.model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("cls_block.", "norm.", "head.")) for n in frozen)
+    assert any(n.startswith("cls_block.") for n in frozen)
+    # every parameter left trainable gets a gradient: nothing for DDP to find unused
+    b.train()
+    sum(o.float().mean() for o in b(torch.randn(2, 3, 32, 32))).backward()
+    no_grad = [n for n, p in b.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad[:5]
+    # and the adapter's own checkpoint (what a detector checkpoint holds under backbone.) loads back
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in b.state_dict().items()}}, tmp_path / "det.pth")
+    b2 = VSSMBackbone("groupmamba_tiny", pretrained=str(tmp_path / "det.pth"))
+    b2.init_weights()
+    torch.testing.assert_close(b2.model.cls_block.norm1.weight, off["post_network.0.norm1.weight"])
+    assert not any(p.requires_grad for p in b2.model.cls_block.parameters())
 
 
 def test_init_cfg_from_detector_checkpoint(tmp_path, nano_backbone):
@@ -380,6 +449,21 @@ def _run_tool(path, *args):
         sys.argv = old
 
 
+def _small_pipeline(cfg, key, scale, crop_size=None):
+    """``cfg[key]`` (a pipeline of the shipped configs) resized for the tiny datasets: every ``scale`` becomes
+    ``scale``, ``RandomResize`` keeps to 0.75..1.25 and ``RandomCrop`` crops ``crop_size``."""
+    out = []
+    for t in cfg.to_dict()[key]:
+        if "scale" in t:
+            t["scale"] = scale
+        if t["type"] == "RandomResize":
+            t["ratio_range"] = (0.75, 1.25)
+        if t["type"] == "RandomCrop":
+            t["crop_size"] = crop_size
+        out.append(t)
+    return out
+
+
 def _write_coco(root, n=4, h=128, w=160):
     from PIL import Image
     os.makedirs(os.path.join(root, "images"))
@@ -428,6 +512,7 @@ def test_mmdet_runner_train_save_resume(tmp_path):
     data = tmp_path / "coco"
     _write_coco(str(data))
     base = os.path.join(REPO, FAMILY_DET["vmamba"])
+    base_cfg = Config.fromfile(base)
     cfg_path = tmp_path / "tiny_det.py"
     cfg_path.write_text(f"""
 _base_ = [{base!r}]
@@ -439,19 +524,8 @@ model = dict(
     roi_head=dict(bbox_head=dict(num_classes=2), mask_head=dict(num_classes=2)),
     test_cfg=dict(rcnn=dict(score_thr=0.0)))  # an untrained model still yields detections to evaluate
 randomness = dict(seed=0)
-_pipe_train = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-_pipe_test = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
+_pipe_train = {_small_pipeline(base_cfg, "train_pipeline", (160, 128))!r}
+_pipe_test = {_small_pipeline(base_cfg, "test_pipeline", (160, 128))!r}
 _ds = dict(type='CocoDataset', data_root=data_root, ann_file='ann.json', data_prefix=dict(img='images/'),
            metainfo=metainfo)
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
@@ -505,6 +579,7 @@ def test_mmseg_runner_train_save_resume(tmp_path):
     data = tmp_path / "ade"
     _write_ade(str(data))
     base = os.path.join(REPO, FAMILY_SEG["vmamba"])
+    base_cfg = Config.fromfile(base)
     cfg_path = tmp_path / "tiny_seg.py"
     cfg_path.write_text(f"""
 _base_ = [{base!r}]
@@ -515,21 +590,8 @@ model = dict(
     backbone=dict(arch='vmamba_nano', drop_path_rate=0.1, init_cfg=None),
     decode_head=dict(in_channels=[24, 48, 96, 192], channels=32),
     auxiliary_head=dict(in_channels=96, channels=16))
-_pipe_train = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(160, 128), ratio_range=(0.75, 1.25), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-_pipe_test = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(160, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
+_pipe_train = {_small_pipeline(base_cfg, "train_pipeline", (160, 128), (96, 96))!r}
+_pipe_test = {_small_pipeline(base_cfg, "test_pipeline", (160, 128))!r}
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root=data_root, pipeline=_pipe_train))
 val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,

@@ -39,6 +39,11 @@ def list_archs() -> List[str]:
     return sorted(out)
 
 
+# top-level modules of the timm models that only the classification head uses (forward_intermediates with
+# norm=False never touches them)
+_HEAD_PREFIXES = ("norm.", "head.", "cls_block.")
+
+
 def _read_checkpoint(path: str, map_location="cpu"):
     from mmengine.runner import CheckpointLoader
     return CheckpointLoader.load_checkpoint(path, map_location=map_location)
@@ -125,9 +130,11 @@ class VSSMBackbone(BaseModule):
             str(i): (nn.LayerNorm(c) if out_norm else nn.Identity()) for i, c in zip(out_indices, self.channels)
         })
 
-        # parameters the forward never uses (final classifier norm, stages past the last output) must not
-        # require grad, or DDP complains about unused parameters
-        self._unused_prefixes = ["norm."] + [f"stages.{i}." for i in range(max(out_indices) + 1, num_stages)]
+        # parameters the forward never uses (the classification head's modules: final norm, classifier, GroupMamba's
+        # class-token block; stages past the last output) must not require grad, or DDP complains about unused
+        # parameters. They stay in the model: official checkpoints hold them and load with the full key check.
+        self._unused_prefixes = list(_HEAD_PREFIXES) + [f"stages.{i}." for i in range(max(out_indices) + 1,
+                                                                                       num_stages)]
         for name, p in self.model.named_parameters():
             if any(name.startswith(pre) for pre in self._unused_prefixes):
                 p.requires_grad_(False)
