@@ -73,8 +73,11 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     name = resolve_backend(backend, x.device)
     if name == "triton" and x.dtype != torch.float64:
         index = _index_on(pattern, H, W, x.device)
-        return torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,
-                                     bool(delta_softplus))
+        needs_grad = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
+        y, _states = torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,
+                                           bool(delta_softplus), needs_grad)
+        return y
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
     ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -86,44 +89,51 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
 @torch.library.custom_op("vssm::scan2d", mutates_args=())
 def _scan2d_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
-               delta_softplus: bool) -> torch.Tensor:
+               delta_softplus: bool, save_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, states)``: the summed output and, with ``save_states``, the chunk-start states of the scan that
+    the backward reuses instead of recomputing them (an empty tensor otherwise)."""
     from . import triton_scan
-    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus)
+    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states)
 
 
 @_scan2d_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus):
+def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states):
+    from . import triton_scan
     batch, channels, H, W = x.shape
-    return x.new_empty(batch, H, W, channels, dtype=torch.float32).permute(0, 3, 1, 2)
+    y = x.new_empty(batch, H, W, channels, dtype=torch.float32).permute(0, 3, 1, 2)
+    groups, n_state, length = B.shape[1:]
+    shape = (triton_scan.states_shape(batch, delta.shape[1], n_state, length, delta.shape[1] // groups)
+             if save_states else (0,))
+    return y, x.new_empty(shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("vssm::scan2d_backward", mutates_args=())
 def _scan2d_backward_op(
         grad_y: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-        C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
-        delta_softplus: bool,
+        C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, states: torch.Tensor,
+        split: bool, delta_softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import triton_scan
     return tuple(triton_scan.scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split,
-                                             delta_softplus))
+                                             delta_softplus, states))
 
 
 @_scan2d_backward_op.register_fake
-def _(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus):
+def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_softplus):
     return tuple(torch.empty_like(t) for t in (x, delta, A, B, C, D, delta_bias))
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, index, split, delta_softplus = inputs
-    ctx.save_for_backward(*tensors, index)
+    *tensors, index, split, delta_softplus, _save_states = inputs
+    ctx.save_for_backward(*tensors, index, output[1])
     ctx.split = split
     ctx.delta_softplus = delta_softplus
 
 
-def _backward(ctx, grad_y):
-    *tensors, index = ctx.saved_tensors
-    grads = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, ctx.split, ctx.delta_softplus)
-    return (*grads, None, None, None)
+def _backward(ctx, grad_y, _grad_states):
+    *tensors, index, states = ctx.saved_tensors
+    grads = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, states, ctx.split, ctx.delta_softplus)
+    return (*grads, None, None, None, None)
 
 
 _scan2d_op.register_autograd(_backward, setup_context=_setup_context)

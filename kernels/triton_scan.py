@@ -138,9 +138,10 @@ def _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER: tl.
     if GATHER:
         p = tl.load(idx_ptr + g.to(tl.int64) * L + offs_l, mask=inside, other=-1)
         valid = inside & (p >= 0)
-        p = tl.where(valid, p, 0).to(tl.int64)
+        p = tl.where(valid, p, 0)  # int32: a 32-bit division (64-bit division is emulated, and slow)
         h = p // W_img
-        w = p - h * W_img
+        w = (p - h * W_img).to(tl.int64)
+        h = h.to(tl.int64)
         return h * su_h + w * su_w, h * sy_h + w * sy_w, valid
     else:
         return offs_l, offs_l, inside
@@ -150,9 +151,9 @@ def _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER: tl.
 # Forward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr,
-                L, DG, G, N, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
-                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr,
+def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr, state_ptr,
+                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
+                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, STORE_STATES: tl.constexpr,
                 NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     g = pid_bg % G
@@ -182,7 +183,10 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
     b_nx = tl.load(b_ptrs, mask=m, other=0.0)
     c_nx = tl.load(c_ptrs, mask=m, other=0.0)
     h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
+    state_off = seq.to(tl.int64) * NCHUNK * NP + n
     for l0 in range(0, L, BLOCK_L):
+        if STORE_STATES:  # the state at every chunk start, for the backward (saves its recomputing pass)
+            tl.store(state_ptr + state_off + (l0 // BLOCK_L) * NP, h, mask=mask_r)
         u = u_nx.to(tl.float32)
         pre = d_nx.to(tl.float32) + bias[:, None]
         Bt = b_nx.to(tl.float32)
@@ -225,7 +229,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
 def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr,
                 du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
                 L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
-                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr,
+                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, HAVE_STATES: tl.constexpr,
                 ATOMIC_BC: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
@@ -248,42 +252,43 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     d_ptrs = delta_ptr + row_off[:, None] + ar[None, :]
     b_ptrs = B_ptr + bc_off[:, None] + ar[None, :]
 
-    # pass 1: the state at the start of every chunk
-    m = mask_r[:, None] & (ar < L)[None, :]
-    upos, _yp, valid = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
-    u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :], other=0.0)
-    d_nx = tl.load(d_ptrs, mask=m, other=0.0)
-    b_nx = tl.load(b_ptrs, mask=m, other=0.0)
-    h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
-    for c in range(0, NCHUNK):
-        tl.store(state_ptr + state_off + c * NP, h, mask=mask_r)
-        l0 = c * BLOCK_L
-        mask2 = mask_r[:, None] & (l0 + ar < L)[None, :]
-        if PREFETCH:
-            u = u_nx.to(tl.float32)
-            pre = d_nx.to(tl.float32) + bias[:, None]
-            Bt = b_nx.to(tl.float32)
-            m = mask_r[:, None] & (l0 + BLOCK_L + ar < L)[None, :]
-            upos, _yp, valid = _positions(idx_ptr, g, l0 + BLOCK_L + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
-            u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
-                           other=0.0)
-            d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
-            b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
-        else:
-            upos, _yp, valid = _positions(idx_ptr, g, l0 + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
-            u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
-                        other=0.0).to(tl.float32)
-            pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
-            Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
-        if SOFTPLUS:
-            dt = _softplus(pre)
-        else:
-            dt = pre
-        dt = tl.where(mask2, dt, 0.0)
-        alpha = tl.exp2(dt * A2[:, None])
-        sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
-        h = tl.sum(tl.where(last, sb + sa * h[:, None], 0.0), axis=1)
-    tl.debug_barrier()  # pass 2 reads states written by other threads of this program
+    # pass 1: the state at the start of every chunk (unless the forward stored them)
+    if not HAVE_STATES:
+        m = mask_r[:, None] & (ar < L)[None, :]
+        upos, _yp, valid = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
+        u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :], other=0.0)
+        d_nx = tl.load(d_ptrs, mask=m, other=0.0)
+        b_nx = tl.load(b_ptrs, mask=m, other=0.0)
+        h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
+        for c in range(0, NCHUNK):
+            tl.store(state_ptr + state_off + c * NP, h, mask=mask_r)
+            l0 = c * BLOCK_L
+            mask2 = mask_r[:, None] & (l0 + ar < L)[None, :]
+            if PREFETCH:
+                u = u_nx.to(tl.float32)
+                pre = d_nx.to(tl.float32) + bias[:, None]
+                Bt = b_nx.to(tl.float32)
+                m = mask_r[:, None] & (l0 + BLOCK_L + ar < L)[None, :]
+                upos, _yp, valid = _positions(idx_ptr, g, l0 + BLOCK_L + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
+                u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
+                               other=0.0)
+                d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+                b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+            else:
+                upos, _yp, valid = _positions(idx_ptr, g, l0 + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
+                u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
+                            other=0.0).to(tl.float32)
+                pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
+                Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
+            if SOFTPLUS:
+                dt = _softplus(pre)
+            else:
+                dt = pre
+            dt = tl.where(mask2, dt, 0.0)
+            alpha = tl.exp2(dt * A2[:, None])
+            sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
+            h = tl.sum(tl.where(last, sb + sa * h[:, None], 0.0), axis=1)
+        tl.debug_barrier()  # pass 2 reads states written by other threads of this program
 
     # pass 2: chunks from last to first
     cc_ptrs = C_ptr + bc_off[:, None] + ar[None, :]
@@ -458,35 +463,61 @@ def _seq_strides(u):
     return u.stride(0), u.stride(1), 0, 1
 
 
-def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True):
-    """Run the forward kernel. ``index`` None: u / y in the 1D layout; else u / y are 2D maps read / accumulated
-    through the ``(K, L)`` index map (``width`` = W of the map)."""
-    batch, groups, n_state, length = B.shape
-    dg = delta.shape[1] // groups
-    cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
+def _n_chunks(length, block_l):
+    return triton.cdiv(length, block_l)
+
+
+def forward_config(n_state, length, channels_per_group) -> dict:
+    """Launch config of the forward kernel (``CONFIG_OVERRIDE`` applied); its BLOCK_L is the chunk length
+    of the states it can store for the backward."""
+    cfg = {**pick_config(n_state, length, channels_per_group), **CONFIG_OVERRIDE}
     cfg.pop("REVERSE_BY_FLIP", None)
     cfg.pop("PREFETCH", None)
+    return cfg
+
+
+def states_shape(batch, channels, n_state, length, channels_per_group) -> tuple:
+    """Shape of the chunk-start states the forward stores: ``(batch*channels, n_chunks, next_pow2(N))``."""
+    block_l = forward_config(n_state, length, channels_per_group)["BLOCK_L"]
+    return batch * channels, _n_chunks(length, block_l), triton.next_power_of_2(n_state)
+
+
+def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True,
+                    states=None):
+    """Run the forward kernel. ``index`` None: u / y in the 1D layout; else u / y are 2D maps read / accumulated
+    through the ``(K, L)`` index map (``width`` = W of the map). ``states`` (see :func:`states_shape`): also
+    store the state at every chunk start."""
+    batch, groups, n_state, length = B.shape
+    dg = delta.shape[1] // groups
+    cfg = forward_config(n_state, length, dg)
+    n_chunks = _n_chunks(length, cfg["BLOCK_L"])
     grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
     su, sy = (u.stride(), y.stride()) if index is not None else (_seq_strides(u), _seq_strides(y))
     _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, u if index is None else index,
-                      length, dg, groups, n_state, width, *su, *sy,
+                      u if states is None else states,
+                      length, dg, groups, n_state, n_chunks, width, *su, *sy,
                       SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                      NP=triton.next_power_of_2(n_state),
+                      STORE_STATES=states is not None, NP=triton.next_power_of_2(n_state),
                       BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
 
 
 def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplus, index=None, width=1,
-                     split=True):
+                     split=True, states=None):
     """Run the backward kernel; writes (accumulates, with ``index``) ``du`` and returns the other gradients
-    ``(ddelta, dA, dB, dC, dD, ddelta_bias)``."""
+    ``(ddelta, dA, dB, dC, dD, ddelta_bias)``. ``states``: the forward's chunk-start states (the chunks keep
+    the forward's length); without them the kernel recomputes them first."""
     batch, groups, n_state, length = B.shape
     channels = delta.shape[1]
     dg = channels // groups
     cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
+    if states is not None:
+        cfg["BLOCK_L"] = forward_config(n_state, length, dg)["BLOCK_L"]
+        if states.shape != states_shape(batch, channels, n_state, length, dg):
+            raise ValueError(f"states {tuple(states.shape)} do not fit these inputs")
     reverse_by_flip = bool(cfg.pop("REVERSE_BY_FLIP", _REVERSE_BY_FLIP))
     prefetch = bool(cfg.pop("PREFETCH", True))
     np2 = triton.next_power_of_2(n_state)
-    n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
+    n_chunks = _n_chunks(length, cfg["BLOCK_L"])
     f32 = dict(device=delta.device, dtype=torch.float32)
     ddelta = torch.empty_like(delta)
     d_blocks = triton.cdiv(dg, cfg["BLOCK_D"])
@@ -500,14 +531,16 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
     if delta.numel() == 0:
         dA_part.zero_(), dD_part.zero_(), dbias_part.zero_(), dB.zero_(), dC.zero_()
     else:
-        states = torch.empty(batch * channels * n_chunks * np2, **f32)
+        have_states = states is not None
+        if not have_states:
+            states = torch.empty(batch * channels * n_chunks * np2, **f32)
         su, sy = (u.stride(), grad_y.stride()) if index is not None else (_seq_strides(u), _seq_strides(grad_y))
         grid = (d_blocks, batch * groups)
         _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y, u if index is None else index,
                           du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
                           length, dg, groups, n_state, n_chunks, width, *su, *sy,
                           SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                          ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
+                          HAVE_STATES=have_states, ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
                           NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
     return (ddelta, dA_part.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
@@ -544,28 +577,35 @@ def _dense(x):
     return x if torch.empty_like(x).stride() == x.stride() else x.contiguous()
 
 
-def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True):
+def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, save_states=False):
     """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`kernels.scan2d`).
 
     ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding). Returns the
-    float32 ``(batch, C, H, W)`` sum of the K outputs at their positions, channels-last in memory."""
+    float32 ``(batch, C, H, W)`` sum of the K outputs at their positions (channels-last in memory) and the
+    chunk-start states for :func:`scan2d_backward` (an empty tensor unless ``save_states``)."""
     x = _dense(x)
     delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
     batch, channels, H, W = x.shape
+    groups, n_state, length = B.shape[1:]
     y = torch.zeros(batch, H, W, channels, device=x.device, dtype=torch.float32).permute(0, 3, 1, 2)
+    shape = states_shape(batch, delta.shape[1], n_state, length, delta.shape[1] // groups) if save_states else (0,)
+    states = torch.empty(shape, device=x.device, dtype=torch.float32)
     if delta.numel():
-        _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split)
-    return y
+        _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split,
+                        states=states if save_states else None)
+    return y, states
 
 
-def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True):
-    """(dx in x's dtype and strides, ddelta, dA, dB, dC, dD, ddelta_bias) of :func:`scan2d_forward`."""
+def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, states=None):
+    """(dx in x's dtype and strides, ddelta, dA, dB, dC, dD, ddelta_bias) of :func:`scan2d_forward`;
+    ``states``: the ones it saved (else recomputed)."""
     x = _dense(x)
     delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
     dx = torch.zeros_like(x, dtype=torch.float32)
     grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus,
-                             index=index, width=x.shape[3], split=split)
+                             index=index, width=x.shape[3], split=split,
+                             states=states if states is not None and states.numel() else None)
     return (dx.to(x.dtype), *grads)
 
 

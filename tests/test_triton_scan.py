@@ -247,9 +247,11 @@ SCAN2D_CASES = [
 
 
 @kernel_test
-@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("channels_last,save_states", [(True, True), (False, False)])
 @pytest.mark.parametrize("name,options,batch,channels,H,W,n", SCAN2D_CASES)
-def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, channels, H, W, n, channels_last):
+def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, channels, H, W, n, channels_last,
+                                           save_states):
+    """Forward and gradients; the backward either reuses the forward's chunk-start states or recomputes them."""
     import scans
     from kernels.scan2d import _index_on
     if not CUDA:
@@ -257,12 +259,15 @@ def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, ch
     pattern = scans.build(name, **options)
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, channels_last)
     index = _index_on(pattern, H, W, torch.device(DEVICE))
-    y = triton_scan.scan2d_forward(*inputs.values(), index, pattern.split_channels, True)
+    y, states = triton_scan.scan2d_forward(*inputs.values(), index, pattern.split_channels, True, save_states)
     grad_y = torch.randn_like(y)
     y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y)
     assert y.dtype == torch.float32 and y.shape == y_ref.shape
     assert rel_err(y, y_ref) < 1e-4
-    grads = triton_scan.scan2d_backward(grad_y, *inputs.values(), index, pattern.split_channels, True)
+    width = inputs["delta"].shape[1]
+    expected = triton_scan.states_shape(batch, width, n, index.shape[1], width // pattern.K) if save_states else (0,)
+    assert tuple(states.shape) == tuple(expected)
+    grads = triton_scan.scan2d_backward(grad_y, *inputs.values(), index, pattern.split_channels, True, states)
     for key, g, g_ref in zip(inputs, grads, grads_ref):
         assert g.shape == g_ref.shape and g.dtype == inputs[key].dtype, key
         assert rel_err(g, g_ref) < 1e-3, key
@@ -280,12 +285,12 @@ def test_scan2d_low_precision(triton_scan, dtype):
     pattern = scans.build("cross")
     inputs = scan2d_inputs(pattern, *size, dtype, DEVICE, True)
     index = _index_on(pattern, size[2], size[3], torch.device(DEVICE))
-    y = triton_scan.scan2d_forward(*inputs.values(), index, False, True)
+    y, states = triton_scan.scan2d_forward(*inputs.values(), index, False, True, True)
     grad_y = torch.randn_like(y)
     y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y)
     assert y.dtype == torch.float32 and rel_err(y, y_ref) < 1e-2
-    for key, g, g_ref in zip(inputs, triton_scan.scan2d_backward(grad_y, *inputs.values(), index, False, True),
-                             grads_ref):
+    for key, g, g_ref in zip(inputs, triton_scan.scan2d_backward(grad_y, *inputs.values(), index, False, True,
+                                                                 states), grads_ref):
         assert g.dtype == dtype and rel_err(g, g_ref) < 2e-2, key
 
 
@@ -303,7 +308,7 @@ def test_scan2d_op_autograd_and_compile(triton_scan):
     index = _index_on(pattern, 4, 5, torch.device(DEVICE))
 
     def step(*args):
-        return (torch.ops.vssm.scan2d(*args, index, False, True) ** 2).sum()
+        return (torch.ops.vssm.scan2d(*args, index, False, True, True)[0] ** 2).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
     loss = compiled(*inputs.values())

@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Benchmark the selective scan (and, later, whole models) on the GPU.
+"""Benchmark the selective scan, its fused 2D form and whole models on the GPU.
 
     python tools/benchmark.py scan [--batch 128 --groups 4 --channels 96 --length 3136 --state 1 --dtype bf16]
                                    [--backends triton,chunked] [--check] [--sweep]
+    python tools/benchmark.py scan2d [--pattern cross --batch 128 --channels 96 --size 56 --state 1 --dtype bf16]
+    python tools/benchmark.py model [--models vmamba_tiny,...] [--batch 128 --img 224] [--backends triton,chunked]
+                                    [--compile]
 
 For every backend: forward and forward+backward time (median of ``triton.testing.do_bench``), the bytes that
 must move through device memory (every input read once, every output written once), the GB/s that time
@@ -11,6 +14,15 @@ on the spot with a large device-to-device copy (bytes read + written), unless ``
 
 ``--check`` prints max errors of each backend (forward and every gradient) against the float64 sequential
 reference at a reduced batch. ``--sweep`` times the Triton kernels over a grid of block sizes.
+
+``scan2d``: the fused gather -> scan -> scatter-add (``kernels.scan2d``) against the same work done unfused
+(``pattern.flatten``, the backend's ``selective_scan``, ``pattern.merge``), with the bytes the fused op must
+move: x, delta, B, C read once and the float32 output written once (backward: x, delta, B, C, dy read;
+dx, ddelta, dB, dC written).
+
+``model``: images/s for inference (AMP bf16, no grad) and for a training step (AMP bf16 forward + backward +
+AdamW step) and peak memory of the training step, per model and scan backend; ``--compile`` adds
+``torch.compile`` rows. Backends the model cannot run at this batch (out of memory) are reported as such.
 """
 from __future__ import annotations
 
@@ -131,36 +143,41 @@ def check_scan(args):
 
 
 def sweep_scan(args):
+    """Time the 1D Triton kernels over block sizes."""
+    from kernels import triton_scan as ts
+    dtype = DTYPES[args.dtype]
+    b, G, d, n, L = args.batch, args.groups, args.channels, args.state, args.length
+    fwd_bytes, bwd_bytes = scan_bytes(b, G, d, n, L, dtype)
+    vals = list(make_inputs(b, G, d, n, L, dtype, "cuda").values())
+    grad_y = torch.randn_like(vals[0])
+    sweep_configs(args, lambda: ts.forward(*vals, True), lambda: ts.backward(grad_y, *vals, True),
+                  fwd_bytes, bwd_bytes, n)
+
+
+def sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n_state):
+    """Time ``fwd`` / ``bwd`` (closures over Triton launches) for each (BLOCK_D, BLOCK_L, warps[, prefetch])
+    in ``kernels.triton_scan.CONFIG_OVERRIDE``; print the ``--top`` fastest of each with % of roofline."""
     import triton
     import triton.testing
     from kernels import triton_scan as ts
-    device = "cuda"
-    dtype = DTYPES[args.dtype]
-    b, G, d, n, L = args.batch, args.groups, args.channels, args.state, args.length
     hbm = args.hbm_gbs or measure_hbm_gbs()
-    fwd_bytes, bwd_bytes = scan_bytes(b, G, d, n, L, dtype)
-    inputs = make_inputs(b, G, d, n, L, dtype, device)
-    vals = list(inputs.values())
-    grad_y = torch.randn_like(inputs["u"])
     print(f"{'kernel':<8} {'BLOCK_D':>7} {'BLOCK_L':>7} {'warps':>5} {'pref':>4} {'ms':>8} {'% roofline':>10}")
     results = []
-    np2 = triton.next_power_of_2(n)
-    for bd, bl, w in itertools.product((1, 2, 4, 8, 16), (32, 64, 128, 256), (4, 8)):
+    np2 = triton.next_power_of_2(n_state)
+    for bd, bl, w in itertools.product((1, 2, 4, 8, 16, 32), (16, 32, 64, 128, 256), (4, 8)):
         per_thread = bd * np2 * bl // (32 * w)
-        if not 2 <= per_thread <= 16 or (np2 == 1 and bl < 64) or (np2 > 1 and bl > 128):
+        if not 2 <= per_thread <= 16 or (np2 == 1 and bl < 32) or (np2 > 1 and bl > 128):
             continue
         ts.CONFIG_OVERRIDE.clear()
         ts.CONFIG_OVERRIDE.update(BLOCK_D=bd, BLOCK_L=bl, num_warps=w)
         try:
             if per_thread >= 4 and "fwd" in args.sweep_kernels:
-                t = triton.testing.do_bench(lambda: ts.forward(*vals, True), warmup=10, rep=40,
-                                            return_mode="median")
+                t = triton.testing.do_bench(fwd, warmup=10, rep=40, return_mode="median")
                 results.append(("fwd", bd, bl, w, "-", t, 100 * fwd_bytes / hbm / 1e6 / t))
             if per_thread <= 8 and "bwd" in args.sweep_kernels:
                 for prefetch in (False, True):
                     ts.CONFIG_OVERRIDE["PREFETCH"] = prefetch
-                    t = triton.testing.do_bench(lambda: ts.backward(grad_y, *vals, True), warmup=10, rep=40,
-                                                return_mode="median")
+                    t = triton.testing.do_bench(bwd, warmup=10, rep=40, return_mode="median")
                     results.append(("bwd", bd, bl, w, "P" if prefetch else "-", t,
                                     100 * bwd_bytes / hbm / 1e6 / t))
         except Exception as e:  # noqa: BLE001 - a config the compiler rejects (registers, shared memory)
@@ -170,6 +187,178 @@ def sweep_scan(args):
         best = sorted((r for r in results if r[0] == kind), key=lambda r: r[5])[: args.top]
         for r in best:
             print(f"{r[0]:<8} {r[1]:>7} {r[2]:>7} {r[3]:>5} {r[4]:>4} {r[5]:8.3f} {r[6]:10.1f}")
+
+
+def bench_scan2d(args):
+    import triton.testing
+    import kernels
+    import scans
+    dtype = DTYPES[args.dtype]
+    pattern = scans.build(args.pattern)
+    b, C, H, W, n = args.batch, args.channels, args.size, args.size, args.state
+    K, L = pattern.K, pattern.sequence_length(H, W)
+    ck = pattern.channels_per_sequence(C)
+    hbm = args.hbm_gbs or measure_hbm_gbs()
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, device="cuda", generator=g) * scale
+
+    x = rnd(b, H, W, C).to(dtype).permute(0, 3, 1, 2)  # channels-last, as SS2D produces it
+    inputs = dict(x=x, delta=rnd(b, K * ck, L, scale=0.5).to(dtype), A=-torch.rand(K * ck, n, device="cuda") - 0.01,
+                  B=rnd(b, K, n, L).to(dtype), C=rnd(b, K, n, L).to(dtype), D=rnd(K * ck),
+                  delta_bias=rnd(K * ck, scale=0.5))
+    for v in inputs.values():
+        v.requires_grad_(True)
+    es = x.element_size()
+    io = (b * C * H * W + b * K * ck * L) * es + 2 * b * K * n * L * es  # x, delta, B, C
+    fwd_bytes = io + b * C * H * W * 4
+    bwd_bytes = 2 * io + b * C * H * W * 4  # read inputs + dy (fp32), write their gradients
+    grad_y = torch.randn(b, C, H, W, device="cuda")
+    if args.sweep:
+        from kernels import triton_scan as ts
+        from kernels.scan2d import _index_on
+        index = _index_on(pattern, H, W, torch.device("cuda"))
+        vals = [v.detach() for v in inputs.values()]
+        saved = {}  # chunk length -> the forward's states (the backward keeps the forward's chunks)
+
+        def bwd():
+            chunk = ts.forward_config(n, L, ck)["BLOCK_L"]
+            if chunk not in saved:
+                saved[chunk] = ts.scan2d_forward(*vals, index, pattern.split_channels, True, True)[1]
+            return ts.scan2d_backward(grad_y, *vals, index, pattern.split_channels, True, saved[chunk])
+
+        sweep_configs(args, lambda: ts.scan2d_forward(*vals, index, pattern.split_channels, True, True), bwd,
+                      fwd_bytes, bwd_bytes, n)
+    print(f"scan2d: pattern {args.pattern} (K {K}), batch {b}, {C} channels, {H}x{W} (L {L}), N {n}, {args.dtype}; "
+          f"HBM {hbm:.0f} GB/s")
+
+    def fused(backend):
+        return lambda: kernels.scan2d(**inputs, pattern=pattern, backend=backend)
+
+    def unfused(backend):
+        def run():
+            xs = pattern.flatten(inputs["x"])
+            ys = kernels.selective_scan(xs.reshape(b, K * ck, L), inputs["delta"], inputs["A"], inputs["B"],
+                                        inputs["C"], inputs["D"], inputs["delta_bias"], backend=backend)
+            return pattern.merge(ys.view(xs.shape).float(), (H, W))
+        return run
+
+    rows = []
+    for label, fn in [("fused triton", fused("triton")), ("unfused triton", unfused("triton"))] + [
+            (f"unfused {bk}", unfused(bk)) for bk in args.backends.split(",") if bk != "triton"]:
+        def fwd():
+            with torch.no_grad():
+                return fn()
+
+        def fwd_bwd():
+            return torch.autograd.grad(fn(), list(inputs.values()), grad_y)
+
+        try:
+            t_f = triton.testing.do_bench(fwd, warmup=args.warmup, rep=args.rep, return_mode="median")
+            t_fb = triton.testing.do_bench(fwd_bwd, warmup=args.warmup, rep=args.rep, return_mode="median")
+        except torch.OutOfMemoryError:
+            print(f"{label}: out of memory")
+            torch.cuda.empty_cache()
+            continue
+        for what, t, nbytes in (("forward", t_f, fwd_bytes), ("fwd+bwd", t_fb, fwd_bytes + bwd_bytes),
+                                ("bwd (diff)", t_fb - t_f, bwd_bytes)):
+            floor = nbytes / hbm / 1e6
+            rows.append((label, what, t, nbytes / t / 1e6, floor, 100 * floor / t))
+    print(f"{'path':<16} {'pass':<11} {'ms':>9} {'GB/s*':>8} {'floor ms':>9} {'% roofline':>10}")
+    for label, what, t, gbs, floor, pct in rows:
+        print(f"{label:<16} {what:<11} {t:9.3f} {gbs:8.0f} {floor:9.3f} {pct:10.1f}")
+    print("* bytes the fused op must move / time (the unfused paths move more)")
+    return rows
+
+
+def _time_cuda(fn, iters, warmup):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def bench_model(args):
+    import vssm  # noqa: F401  (registers the models)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rows = []
+    for name in args.models.split(","):
+        for backend in args.backends.split(","):
+            for compiled in ((False, True) if args.compile else (False,)):
+                label = f"{backend}{' +compile' if compiled else ''}"
+                torch.cuda.empty_cache()
+                try:
+                    row = _bench_one_model(name, backend, compiled, args)
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    row = None
+                rows.append((name, label, row))
+                if row is None:
+                    print(f"{name:<22} {label:<18} out of memory at batch {args.batch}", flush=True)
+                else:
+                    print(f"{name:<22} {label:<18} infer {row[0]:8.0f} img/s  train {row[1]:7.0f} img/s  "
+                          f"peak {row[2]:6.2f} GiB", flush=True)
+    print(f"\nbatch {args.batch}, {args.img}x{args.img}, AMP bf16, {torch.cuda.get_device_name()}, torch "
+          f"{torch.__version__}")
+    print(f"{'model':<22} {'scan backend':<18} {'infer img/s':>12} {'train img/s':>12} {'peak train GiB':>15}")
+    for name, label, row in rows:
+        if row is None:
+            print(f"{name:<22} {label:<18} {'OOM':>12} {'OOM':>12} {'-':>15}")
+        else:
+            print(f"{name:<22} {label:<18} {row[0]:12.0f} {row[1]:12.0f} {row[2]:15.2f}")
+    return rows
+
+
+def _bench_one_model(name, backend, compiled, args):
+    import timm
+    model = timm.create_model(name, scan_backend=backend).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(args.batch, 3, args.img, args.img, device="cuda")
+    target = torch.randint(0, 1000, (args.batch,), device="cuda")
+    run = torch.compile(model) if compiled else model
+    model.eval()
+
+    def infer():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return run(x)
+
+    t_inf = _time_cuda(infer, args.iters, args.warmup_iters)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def train_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = run(x)
+            if isinstance(out, tuple):  # distillation heads in training mode
+                out = out[0]
+            loss = loss_fn(out.float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    train_step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t_train = _time_cuda(train_step, args.iters, args.warmup_iters)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                train_step()
+            torch.cuda.synchronize()
+        print(f"{name} {backend}{' +compile' if compiled else ''}: CUDA time of 3 training steps by kernel")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.profile, max_name_column_width=70))
+    return args.batch / t_inf * 1e3, args.batch / t_train * 1e3, peak
 
 
 def main(argv=None):
@@ -191,10 +380,39 @@ def main(argv=None):
     s.add_argument("--sweep", action="store_true", help="time the Triton kernels over block sizes")
     s.add_argument("--top", type=int, default=6)
     s.add_argument("--sweep-kernels", default="fwd,bwd", help="which kernels --sweep times")
+    s2 = sub.add_parser("scan2d", help="fused scan over a 2D map vs the unfused composition")
+    s2.add_argument("--pattern", default="cross")
+    s2.add_argument("--batch", type=int, default=128)
+    s2.add_argument("--channels", type=int, default=96)
+    s2.add_argument("--size", type=int, default=56, help="H = W of the map")
+    s2.add_argument("--state", type=int, default=1)
+    s2.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    s2.add_argument("--backends", default="chunked", help="PyTorch backends for unfused baseline rows")
+    s2.add_argument("--hbm-gbs", type=float, default=None)
+    s2.add_argument("--warmup", type=int, default=25)
+    s2.add_argument("--rep", type=int, default=100)
+    s2.add_argument("--sweep", action="store_true", help="time the fused kernels over block sizes")
+    s2.add_argument("--top", type=int, default=6)
+    s2.add_argument("--sweep-kernels", default="fwd,bwd")
+    m = sub.add_parser("model", help="whole-model inference / training throughput and memory")
+    m.add_argument("--models", default="vmamba_tiny,vmamba_small,vmamba_base,local_vmamba_tiny,"
+                                       "efficient_vmamba_base,groupmamba_tiny")
+    m.add_argument("--backends", default="triton,chunked", help="scan backends (chunked = pure-PyTorch baseline)")
+    m.add_argument("--batch", type=int, default=128)
+    m.add_argument("--img", type=int, default=224)
+    m.add_argument("--iters", type=int, default=10)
+    m.add_argument("--warmup-iters", type=int, default=3)
+    m.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    m.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="also print the K CUDA kernels that take the most time in a training step")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark needs a CUDA device")
-    if args.cmd == "scan":
+    if args.cmd == "scan2d":
+        bench_scan2d(args)
+    elif args.cmd == "model":
+        bench_model(args)
+    elif args.cmd == "scan":
         if args.check:
             check_scan(args)
         if args.sweep:
