@@ -8,12 +8,12 @@ steps; inside a chunk the recurrence is an associative scan over the pairs ``(de
 (``BLOCK_D x N``, fp32) is carried from chunk to chunk in registers. Inputs are read once and ``y`` is written
 once, so the forward moves the bytes of ``u, delta, B, C, y`` and nothing else.
 
-The backward recomputes the states: pass 1 walks the chunks forward and writes only the state at every chunk
-start (``batch*G*D*N*ceil(L/BLOCK_L)`` floats, 1/BLOCK_L of the states); pass 2 walks the chunks backward,
-rebuilds the states of the chunk from its start state and runs the adjoint recurrence
-``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}`` as a reverse scan. ``dB``/``dC`` are sums over the channels of a
-group (fp32 atomics when a group spans several programs); ``dA``, ``dD``, ``ddelta_bias`` are per-batch partial
-sums reduced by PyTorch afterwards.
+The backward needs the state at every chunk start (``batch*G*D*N*ceil(L/BLOCK_L)`` floats, 1/BLOCK_L of the
+states): the forward stores them when asked (the fused 2D op does when a gradient is needed), else pass 1 of the
+backward recomputes them. Pass 2 walks the chunks backward, rebuilds the states of the chunk from its start
+state and runs the adjoint recurrence ``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}`` as a reverse scan.
+``dB``/``dC`` are sums over the channels of a group, written per block of channels and reduced by PyTorch, as
+are the per-batch partial sums ``dA``, ``dD``, ``ddelta_bias``.
 
 Math (per channel c, state n): ``a_t = dt_t A_n``, ``h_t = exp(a_t) h_{t-1} + dt_t u_t B_t``,
 ``y_t = sum_n C_t h_t + D u_t``. Gradients with ``x_t = dt_t u_t``:
@@ -230,7 +230,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
                 du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
                 L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, HAVE_STATES: tl.constexpr,
-                ATOMIC_BC: tl.constexpr, REVERSE_BY_FLIP: tl.constexpr,
+                REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     g = pid_bg % G
@@ -307,6 +307,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     n_idx = tl.arange(0, NP)
     bc_rows = (pid_bg.to(tl.int64) * N + n_idx) * L
+    dbc_slab = tl.program_id(0).to(tl.int64) * tl.num_programs(1) * N * L
     if NP > 1:
         u_row_c = _rows(pid_bg, G, DG, dd, su_b, su_c, GATHER, SPLIT)
         dy_row_c = _rows(pid_bg, G, DG, dd, sy_b, sy_c, GATHER, SPLIT)
@@ -412,14 +413,12 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
 
         dB = _group_sum(gs * x, BLOCK_D, NP, BLOCK_L)  # (NP, BLOCK_L): summed over the program's channels
         dC = _group_sum(hs * dy, BLOCK_D, NP, BLOCK_L)
-        bc_ptrs = bc_rows[:, None] + offs_l[None, :]
+        # per-program partial sums (one slab per block of channels), reduced by the caller: no atomics, which
+        # serialise when many channel blocks of a group add to the same (b, g, n, l)
+        bc_ptrs = dbc_slab + bc_rows[:, None] + offs_l[None, :]
         mask_nl = (n_idx < N)[:, None] & mask_l[None, :]
-        if ATOMIC_BC:
-            tl.atomic_add(dB_ptr + bc_ptrs, dB, mask=mask_nl)
-            tl.atomic_add(dC_ptr + bc_ptrs, dC, mask=mask_nl)
-        else:
-            tl.store(dB_ptr + bc_ptrs, dB, mask=mask_nl)
-            tl.store(dC_ptr + bc_ptrs, dC, mask=mask_nl)
+        tl.store(dB_ptr + bc_ptrs, dB, mask=mask_nl)
+        tl.store(dC_ptr + bc_ptrs, dC, mask=mask_nl)
 
     # per-batch partial sums, reduced over the batch by the caller
     tl.store(dA_ptr + seq * N + n, dA_acc, mask=mask_r)
@@ -521,10 +520,8 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
     f32 = dict(device=delta.device, dtype=torch.float32)
     ddelta = torch.empty_like(delta)
     d_blocks = triton.cdiv(dg, cfg["BLOCK_D"])
-    atomic = d_blocks > 1
-    alloc = torch.zeros if atomic else torch.empty
-    dB = alloc(B.shape, **f32)
-    dC = alloc(C.shape, **f32)
+    dB = torch.empty(d_blocks, *B.shape, **f32)  # per channel-block partial sums
+    dC = torch.empty(d_blocks, *C.shape, **f32)
     dA_part = torch.empty(batch, channels, n_state, **f32)
     dD_part = torch.empty(batch, channels, **f32)
     dbias_part = torch.empty(batch, channels, **f32)
@@ -540,9 +537,9 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
                           du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
                           length, dg, groups, n_state, n_chunks, width, *su, *sy,
                           SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                          HAVE_STATES=have_states, ATOMIC_BC=atomic, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
+                          HAVE_STATES=have_states, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
                           NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
-    return (ddelta, dA_part.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+    return (ddelta, dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
 
 
