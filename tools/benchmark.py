@@ -246,7 +246,7 @@ def bench_scan2d(args):
 
     rows = []
     for label, fn in [("fused triton", fused("triton")), ("unfused triton", unfused("triton"))] + [
-            (f"unfused {bk}", unfused(bk)) for bk in args.backends.split(",") if bk != "triton"]:
+            (f"unfused {bk}", unfused(bk)) for bk in args.backends.split(",") if bk and bk != "triton"]:
         def fwd():
             with torch.no_grad():
                 return fn()
