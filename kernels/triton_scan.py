@@ -154,7 +154,7 @@ def _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER: tl.
 def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr, state_ptr,
                 L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, STORE_STATES: tl.constexpr,
-                NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                STATE_CHUNK: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     g = pid_bg % G
     n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
@@ -183,10 +183,11 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
     b_nx = tl.load(b_ptrs, mask=m, other=0.0)
     c_nx = tl.load(c_ptrs, mask=m, other=0.0)
     h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
+    # the backward's chunk-start states (every STATE_CHUNK steps), which spare it a recomputing pass
     state_off = seq.to(tl.int64) * NCHUNK * NP + n
+    if STORE_STATES:
+        tl.store(state_ptr + state_off, h, mask=mask_r)
     for l0 in range(0, L, BLOCK_L):
-        if STORE_STATES:  # the state at every chunk start, for the backward (saves its recomputing pass)
-            tl.store(state_ptr + state_off + (l0 // BLOCK_L) * NP, h, mask=mask_r)
         u = u_nx.to(tl.float32)
         pre = d_nx.to(tl.float32) + bias[:, None]
         Bt = b_nx.to(tl.float32)
@@ -212,6 +213,10 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
         alpha = tl.exp2(dt * A2[:, None])
         sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
         hs = sb + sa * h[:, None]
+        if STORE_STATES:  # h after step l starts state chunk (l + 1) / STATE_CHUNK
+            ends = ((offs_l + 1) % STATE_CHUNK == 0) & (offs_l + 1 < L)
+            tl.store(state_ptr + state_off[:, None] + ((offs_l + 1) // STATE_CHUNK * NP)[None, :], hs,
+                     mask=mask_r[:, None] & ends[None, :])
         y = _chan_sum(hs * Ct + Dv[:, None] * u, BLOCK_D, NP, BLOCK_L)
         y_ptrs = y_ptr + y_row[:, None] + ypos[None, :]
         y_store_mask = y_mask[:, None] & valid[None, :]
@@ -433,12 +438,13 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
 def pick_config(n_state: int, length: int, channels_per_group: int, backward: bool = False) -> dict:
     """Block sizes and warps: a program holds BLOCK_D channels x NP states (rows) x BLOCK_L steps.
 
-    Chosen by ``tools/benchmark.py scan --sweep`` on an H100 (bf16, L 3136): N=1 forward 8x128, backward 16x128;
-    N=16 forward 2x32, backward 4x32; 4 warps; the reverse scan through ``tl.flip`` was the faster one.
+    Chosen with ``tools/benchmark.py scan2d --sweep`` (bf16, VMamba-T stage shapes, H200) and ``scan --sweep``
+    (H100): N=1 forward 8x128, backward 16x32 (16x128 was 2.6 ms at stage 1 and 5.4 ms at stage 3, where 16x32
+    took 1.0 ms); N=16 forward 2x32, backward 4x32; 4 warps; the reverse scan through ``tl.flip``.
     """
     np2 = triton.next_power_of_2(n_state)
     if np2 <= 4:
-        block_l = 128
+        block_l = 32 if backward else 128
         block_d = max(1, (16 if backward else 8) // np2)
     else:
         block_l = 32
@@ -466,19 +472,15 @@ def _n_chunks(length, block_l):
     return triton.cdiv(length, block_l)
 
 
-def forward_config(n_state, length, channels_per_group) -> dict:
-    """Launch config of the forward kernel (``CONFIG_OVERRIDE`` applied); its BLOCK_L is the chunk length
-    of the states it can store for the backward."""
-    cfg = {**pick_config(n_state, length, channels_per_group), **CONFIG_OVERRIDE}
-    cfg.pop("REVERSE_BY_FLIP", None)
-    cfg.pop("PREFETCH", None)
-    return cfg
+def state_chunk(n_state, length, channels_per_group) -> int:
+    """Chunk length of the backward kernel: the states it needs are those at every multiple of it."""
+    return {**pick_config(n_state, length, channels_per_group, backward=True), **CONFIG_OVERRIDE}["BLOCK_L"]
 
 
 def states_shape(batch, channels, n_state, length, channels_per_group) -> tuple:
     """Shape of the chunk-start states the forward stores: ``(batch*channels, n_chunks, next_pow2(N))``."""
-    block_l = forward_config(n_state, length, channels_per_group)["BLOCK_L"]
-    return batch * channels, _n_chunks(length, block_l), triton.next_power_of_2(n_state)
+    chunk = state_chunk(n_state, length, channels_per_group)
+    return batch * channels, _n_chunks(length, chunk), triton.next_power_of_2(n_state)
 
 
 def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True,
@@ -488,15 +490,15 @@ def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=N
     store the state at every chunk start."""
     batch, groups, n_state, length = B.shape
     dg = delta.shape[1] // groups
-    cfg = forward_config(n_state, length, dg)
-    n_chunks = _n_chunks(length, cfg["BLOCK_L"])
+    cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
+    chunk = state_chunk(n_state, length, dg)
     grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
     su, sy = (u.stride(), y.stride()) if index is not None else (_seq_strides(u), _seq_strides(y))
     _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, u if index is None else index,
                       u if states is None else states,
-                      length, dg, groups, n_state, n_chunks, width, *su, *sy,
+                      length, dg, groups, n_state, _n_chunks(length, chunk), width, *su, *sy,
                       SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                      STORE_STATES=states is not None, NP=triton.next_power_of_2(n_state),
+                      STORE_STATES=states is not None, STATE_CHUNK=chunk, NP=triton.next_power_of_2(n_state),
                       BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
 
 
@@ -509,10 +511,8 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
     channels = delta.shape[1]
     dg = channels // groups
     cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
-    if states is not None:
-        cfg["BLOCK_L"] = forward_config(n_state, length, dg)["BLOCK_L"]
-        if states.shape != states_shape(batch, channels, n_state, length, dg):
-            raise ValueError(f"states {tuple(states.shape)} do not fit these inputs")
+    if states is not None and states.shape != states_shape(batch, channels, n_state, length, dg):
+        raise ValueError(f"states {tuple(states.shape)} do not fit these inputs")
     reverse_by_flip = bool(cfg.pop("REVERSE_BY_FLIP", _REVERSE_BY_FLIP))
     prefetch = bool(cfg.pop("PREFETCH", True))
     np2 = triton.next_power_of_2(n_state)

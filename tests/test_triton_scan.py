@@ -275,6 +275,29 @@ def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, ch
 
 
 @kernel_test
+def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
+    """Default configs: the forward's chunks (BLOCK_L 64 here) are longer than the backward's (32), so the forward
+    stores states inside its chunks; the backward must still match the reference."""
+    import scans
+    from kernels.scan2d import _index_on
+    pattern = scans.build("cross")
+    H, W = (6, 7) if not CUDA else (40, 50)
+    assert (triton_scan.pick_config(1, H * W, 2)["BLOCK_L"] > triton_scan.state_chunk(1, H * W, 2))
+    inputs = scan2d_inputs(pattern, 1, 2, H, W, 1, torch.float32, DEVICE, True)
+    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    y, states = triton_scan.scan2d_forward(*inputs.values(), index, False, True, True)
+    assert states.shape[1] == -(-H * W // triton_scan.state_chunk(1, H * W, 2))
+    grad_y = torch.randn_like(y)
+    y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y)
+    assert rel_err(y, y_ref) < 1e-4
+    grads = triton_scan.scan2d_backward(grad_y, *inputs.values(), index, False, True, states)
+    for key, g, g_ref in zip(inputs, grads, grads_ref):
+        assert rel_err(g, g_ref) < 1e-3, key
+    with pytest.raises(ValueError, match="do not fit"):
+        triton_scan.scan2d_backward(grad_y, *inputs.values(), index, False, True, states[:, :1])
+
+
+@kernel_test
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_scan2d_low_precision(triton_scan, dtype):
     import scans

@@ -223,7 +223,7 @@ def bench_scan2d(args):
         saved = {}  # chunk length -> the forward's states (the backward keeps the forward's chunks)
 
         def bwd():
-            chunk = ts.forward_config(n, L, ck)["BLOCK_L"]
+            chunk = ts.state_chunk(n, L, ck)
             if chunk not in saved:
                 saved[chunk] = ts.scan2d_forward(*vals, index, pattern.split_channels, True, True)[1]
             return ts.scan2d_backward(grad_y, *vals, index, pattern.split_channels, True, saved[chunk])
