@@ -12,7 +12,7 @@ The fused path is the custom op ``vssm::scan2d`` (fake implementation and autogr
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
@@ -30,13 +30,19 @@ def _index_on(pattern: scans.ScanPattern, H: int, W: int, device: torch.device) 
     return pattern.index_map(H, W).to(device=device, dtype=torch.int32)
 
 
-def _check(x, delta, A, B, C, pattern):
+def _check(x, delta, A, B, C, pattern, dt_proj):
     if x.dim() != 4:
         raise ValueError(f"scan2d: x must be a (batch, C, H, W) map, got shape {tuple(x.shape)}")
     batch, channels, H, W = x.shape
     K, L = pattern.K, pattern.sequence_length(H, W)
     c_k = pattern.channels_per_sequence(channels)
-    if delta.shape != (batch, K * c_k, L):
+    if dt_proj is not None:
+        if dt_proj.dim() != 3 or dt_proj.shape[:2] != (K, c_k):
+            raise ValueError(f"scan2d: dt_proj must be (K={K}, C_k={c_k}, R), got {tuple(dt_proj.shape)}")
+        if delta.shape != (batch, K, dt_proj.shape[2], L):
+            raise ValueError(f"scan2d: with dt_proj {tuple(dt_proj.shape)} delta is the low-rank "
+                             f"{(batch, K, dt_proj.shape[2], L)}, got {tuple(delta.shape)}")
+    elif delta.shape != (batch, K * c_k, L):
         raise ValueError(f"scan2d: for x {tuple(x.shape)} and pattern {pattern.name!r} (K={K}, L={L}) delta must be "
                          f"{(batch, K * c_k, L)}, got {tuple(delta.shape)}")
     if B.dim() != 4 or B.shape[:2] != (batch, K) or B.shape[3] != L or C.shape != B.shape:
@@ -51,7 +57,7 @@ def _check(x, delta, A, B, C, pattern):
 def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
            D: torch.Tensor = None, delta_bias: torch.Tensor = None,
            pattern: Union[str, "scans.ScanPattern"] = "cross", delta_softplus: bool = True,
-           backend: str = "auto") -> torch.Tensor:
+           backend: str = "auto", dt_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Selective scan of a 2D map along ``pattern``, outputs of the K sequences summed at their positions.
 
     Args:
@@ -60,24 +66,28 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
             channel-splitting pattern). A: ``(K*C_k, N)``. B, C: ``(batch, K, N, L)`` in sequence order.
         D, delta_bias: ``(K*C_k,)`` or None.  pattern: a registered pattern name or a built ``ScanPattern``.
         backend: as :func:`kernels.selective_scan`; ``"triton"`` (``auto`` on CUDA) runs the fused kernel.
+        dt_proj: ``(K, C_k, R)``: ``delta`` is then the low-rank ``(batch, K, R, L)`` and the step sizes are
+            ``einsum('bkrl,kdr->bkdl', delta, dt_proj)``, formed inside the kernel (never stored).
 
     Returns:
         ``(batch, C, H, W)`` float32 (float64 for float64 input).
     """
     pattern = scans.build(pattern) if isinstance(pattern, str) else pattern
-    _check(x, delta, A, B, C, pattern)
+    _check(x, delta, A, B, C, pattern, dt_proj)
     batch, channels, H, W = x.shape
-    width = delta.shape[1]
+    width = A.shape[0]
     D = x.new_zeros(width, dtype=A.dtype) if D is None else D
     delta_bias = x.new_zeros(width, dtype=A.dtype) if delta_bias is None else delta_bias
     name = resolve_backend(backend, x.device)
     if name == "triton" and x.dtype != torch.float64:
         index = _index_on(pattern, H, W, x.device)
         needs_grad = torch.is_grad_enabled() and any(
-            t.requires_grad for t in (x, delta, A, B, C, D, delta_bias))
+            t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, dt_proj))
         y, _states = torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,
-                                           bool(delta_softplus), needs_grad)
+                                           bool(delta_softplus), needs_grad, dt_proj)
         return y
+    if dt_proj is not None:
+        delta = torch.einsum("bkrl,kdr->bkdl", delta, dt_proj.to(delta.dtype)).reshape(batch, width, -1)
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
     ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -89,21 +99,23 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
 @torch.library.custom_op("vssm::scan2d", mutates_args=())
 def _scan2d_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
-               delta_softplus: bool, save_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               delta_softplus: bool, save_states: bool,
+               dt_proj: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, states)``: the summed output and, with ``save_states``, the chunk-start states of the scan that
     the backward reuses instead of recomputing them (an empty tensor otherwise)."""
     from . import triton_scan
-    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states)
+    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states,
+                                      dt_proj)
 
 
 @_scan2d_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states):
+def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states, dt_proj):
     from . import triton_scan
     batch, channels, H, W = x.shape
     y = x.new_empty(batch, H, W, channels, dtype=torch.float32).permute(0, 3, 1, 2)
     groups, n_state, length = B.shape[1:]
-    shape = (triton_scan.states_shape(batch, delta.shape[1], n_state, length, delta.shape[1] // groups)
-             if save_states else (0,))
+    width = A.shape[0]
+    shape = triton_scan.states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
     return y, x.new_empty(shape, dtype=torch.float32)
 
 
@@ -111,29 +123,34 @@ def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_state
 def _scan2d_backward_op(
         grad_y: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
         C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, states: torch.Tensor,
-        split: bool, delta_softplus: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        split: bool, delta_softplus: bool, dt_proj: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """Gradients of every tensor input; the last is that of ``dt_proj`` (an empty tensor without one)."""
     from . import triton_scan
-    return tuple(triton_scan.scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split,
-                                             delta_softplus, states))
+    grads = triton_scan.scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus,
+                                        states, dt_proj)
+    return tuple(grads) if dt_proj is not None else (*grads, x.new_empty(0))
 
 
 @_scan2d_backward_op.register_fake
-def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_softplus):
-    return tuple(torch.empty_like(t) for t in (x, delta, A, B, C, D, delta_bias))
+def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_softplus, dt_proj):
+    return (*(torch.empty_like(t) for t in (x, delta, A, B, C, D, delta_bias)),
+            torch.empty_like(dt_proj) if dt_proj is not None else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, index, split, delta_softplus, _save_states = inputs
-    ctx.save_for_backward(*tensors, index, output[1])
+    *tensors, index, split, delta_softplus, _save_states, dt_proj = inputs
+    ctx.save_for_backward(*tensors, index, output[1], dt_proj)
     ctx.split = split
     ctx.delta_softplus = delta_softplus
 
 
 def _backward(ctx, grad_y, _grad_states):
-    *tensors, index, states = ctx.saved_tensors
-    grads = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, states, ctx.split, ctx.delta_softplus)
-    return (*grads, None, None, None, None)
+    *tensors, index, states, dt_proj = ctx.saved_tensors
+    *grads, d_proj = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, states, ctx.split,
+                                                    ctx.delta_softplus, dt_proj)
+    return (*grads, None, None, None, None, d_proj if dt_proj is not None else None)
 
 
 _scan2d_op.register_autograd(_backward, setup_context=_setup_context)

@@ -147,14 +147,32 @@ def _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER: tl.
         return offs_l, offs_l, inside
 
 
+@triton.jit
+def _load_pre(delta_ptr, w_ptr, row_off, offs_l, mask2d, pid_bg, chan, mask_rows, R, L, DT_PROJ: tl.constexpr):
+    """float32 delta (before bias and softplus) of a (rows, steps) tile: loaded from ``delta (batch, G*D, L)``, or
+    with DT_PROJ the rank-R product ``sum_r W[chan, r] dtl[b, g, r, l]`` of the dt projection ``W (G*D, R)``
+    and the low-rank ``dtl (batch, G, R, L)`` passed as ``delta_ptr`` (delta itself is never stored)."""
+    if DT_PROJ:
+        inside = (offs_l >= 0) & (offs_l < L)
+        base = pid_bg.to(tl.int64) * R * L
+        acc = mask2d.to(tl.float32) * 0.0
+        for r in range(0, R):
+            w = tl.load(w_ptr + chan * R + r, mask=mask_rows, other=0.0).to(tl.float32)
+            t = tl.load(delta_ptr + base + r * L + offs_l, mask=inside, other=0.0).to(tl.float32)
+            acc += w[:, None] * t[None, :]
+        return tl.where(mask2d, acc, 0.0)
+    else:
+        return tl.load(delta_ptr + row_off[:, None] + offs_l[None, :], mask=mask2d, other=0.0).to(tl.float32)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr, state_ptr,
-                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
+def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr, state_ptr, w_ptr,
+                L, DG, G, N, NCHUNK, R, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, STORE_STATES: tl.constexpr,
-                STATE_CHUNK: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                STATE_CHUNK: tl.constexpr, DT_PROJ: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     g = pid_bg % G
     n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
@@ -173,13 +191,12 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
 
     ar = tl.arange(0, BLOCK_L)
     last = (ar == BLOCK_L - 1)[None, :]
-    d_ptrs = delta_ptr + row_off[:, None] + ar[None, :]
     b_ptrs = B_ptr + bc_off[:, None] + ar[None, :]
     c_ptrs = C_ptr + bc_off[:, None] + ar[None, :]
     upos, ypos_nx, valid_nx = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
     m = mask_r[:, None] & (ar < L)[None, :]
     u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :], other=0.0)
-    d_nx = tl.load(d_ptrs, mask=m, other=0.0)
+    d_nx = _load_pre(delta_ptr, w_ptr, row_off, ar, m, pid_bg, chan, mask_r, R, L, DT_PROJ)
     b_nx = tl.load(b_ptrs, mask=m, other=0.0)
     c_nx = tl.load(c_ptrs, mask=m, other=0.0)
     h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
@@ -202,7 +219,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
                                              GATHER)
         u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :],
                        other=0.0)
-        d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+        d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 + BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L, DT_PROJ)
         b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         c_nx = tl.load(c_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         if SOFTPLUS:
@@ -231,10 +248,11 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
 # Backward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr,
+def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr, w_ptr,
                 du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
-                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
+                L, DG, G, N, NCHUNK, R, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, HAVE_STATES: tl.constexpr,
+                DT_PROJ: tl.constexpr,
                 REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
@@ -254,7 +272,6 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     ar = tl.arange(0, BLOCK_L)
     last = (ar == BLOCK_L - 1)[None, :]
     first = (ar == 0)[None, :]
-    d_ptrs = delta_ptr + row_off[:, None] + ar[None, :]
     b_ptrs = B_ptr + bc_off[:, None] + ar[None, :]
 
     # pass 1: the state at the start of every chunk (unless the forward stored them)
@@ -262,7 +279,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
         m = mask_r[:, None] & (ar < L)[None, :]
         upos, _yp, valid = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
         u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :], other=0.0)
-        d_nx = tl.load(d_ptrs, mask=m, other=0.0)
+        d_nx = _load_pre(delta_ptr, w_ptr, row_off, ar, m, pid_bg, chan, mask_r, R, L, DT_PROJ)
         b_nx = tl.load(b_ptrs, mask=m, other=0.0)
         h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
         for c in range(0, NCHUNK):
@@ -277,13 +294,13 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
                 upos, _yp, valid = _positions(idx_ptr, g, l0 + BLOCK_L + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
                 u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
                                other=0.0)
-                d_nx = tl.load(d_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
+                d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 + BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L, DT_PROJ)
                 b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
             else:
                 upos, _yp, valid = _positions(idx_ptr, g, l0 + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
                 u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
                             other=0.0).to(tl.float32)
-                pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
+                pre = _load_pre(delta_ptr, w_ptr, row_off, l0 + ar, mask2, pid_bg, chan, mask_r, R, L, DT_PROJ) + bias[:, None]
                 Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             if SOFTPLUS:
                 dt = _softplus(pre)
@@ -303,7 +320,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     mv = mask_r[:, None] & valid[None, :]
     u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0)
     dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0)
-    d_nx = tl.load(d_ptrs + l_last, mask=m, other=0.0)
+    d_nx = _load_pre(delta_ptr, w_ptr, row_off, l_last + ar, m, pid_bg, chan, mask_r, R, L, DT_PROJ)
     b_nx = tl.load(b_ptrs + l_last, mask=m, other=0.0)
     c_nx = tl.load(cc_ptrs + l_last, mask=m, other=0.0)
     q = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)  # alpha_s g_s at the start s of the later chunk
@@ -338,14 +355,14 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             mv = mask_r[:, None] & valid_p[None, :]
             u_nx = tl.load(u_ptr + u_row[:, None] + upos_p[None, :], mask=mv, other=0.0)
             dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos_p[None, :], mask=mv, other=0.0)
-            d_nx = tl.load(d_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
+            d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 - BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L, DT_PROJ)
             b_nx = tl.load(b_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
             c_nx = tl.load(cc_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
         else:
             mv = mask_r[:, None] & valid[None, :]
             u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0).to(tl.float32)
-            pre = tl.load(d_ptrs + l0, mask=mask2, other=0.0).to(tl.float32) + bias[:, None]
+            pre = _load_pre(delta_ptr, w_ptr, row_off, l0 + ar, mask2, pid_bg, chan, mask_r, R, L, DT_PROJ) + bias[:, None]
             Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             Ct = tl.load(cc_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
 
@@ -389,8 +406,8 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             mv_c = mask_c[:, None] & valid[None, :]
             u_c = tl.load(u_ptr + u_row_c[:, None] + upos[None, :], mask=mv_c, other=0.0).to(tl.float32)
             dy_c = tl.load(dy_ptr + dy_row_c[:, None] + ypos[None, :], mask=mv_c, other=0.0).to(tl.float32)
-            pre_c = tl.load(delta_ptr + chan_off[:, None] + offs_l[None, :], mask=mask_cl,
-                            other=0.0).to(tl.float32) + bias_c[:, None]
+            pre_c = _load_pre(delta_ptr, w_ptr, chan_off, offs_l, mask_cl, pid_bg, chan_c, mask_c, R, L,
+                              DT_PROJ) + bias_c[:, None]
             if SOFTPLUS:
                 dt_c = _softplus(pre_c)
             else:
@@ -484,31 +501,34 @@ def states_shape(batch, channels, n_state, length, channels_per_group) -> tuple:
 
 
 def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True,
-                    states=None):
+                    states=None, dt_proj=None):
     """Run the forward kernel. ``index`` None: u / y in the 1D layout; else u / y are 2D maps read / accumulated
     through the ``(K, L)`` index map (``width`` = W of the map). ``states`` (see :func:`states_shape`): also
-    store the state at every chunk start."""
+    store the state at every chunk start. ``dt_proj (G*D, R)``: ``delta`` is the low-rank ``(batch, G, R, L)``."""
     batch, groups, n_state, length = B.shape
-    dg = delta.shape[1] // groups
+    dg = A.shape[0] // groups
     cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
     chunk = state_chunk(n_state, length, dg)
     grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
     su, sy = (u.stride(), y.stride()) if index is not None else (_seq_strides(u), _seq_strides(y))
     _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, u if index is None else index,
-                      u if states is None else states,
-                      length, dg, groups, n_state, _n_chunks(length, chunk), width, *su, *sy,
+                      u if states is None else states, u if dt_proj is None else dt_proj,
+                      length, dg, groups, n_state, _n_chunks(length, chunk),
+                      0 if dt_proj is None else dt_proj.shape[1], width, *su, *sy,
                       SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                      STORE_STATES=states is not None, STATE_CHUNK=chunk, NP=triton.next_power_of_2(n_state),
+                      STORE_STATES=states is not None, STATE_CHUNK=chunk, DT_PROJ=dt_proj is not None,
+                      NP=triton.next_power_of_2(n_state),
                       BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
 
 
 def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplus, index=None, width=1,
-                     split=True, states=None):
+                     split=True, states=None, dt_proj=None):
     """Run the backward kernel; writes (accumulates, with ``index``) ``du`` and returns the other gradients
-    ``(ddelta, dA, dB, dC, dD, ddelta_bias)``. ``states``: the forward's chunk-start states (the chunks keep
-    the forward's length); without them the kernel recomputes them first."""
+    ``(ddelta, dA, dB, dC, dD, ddelta_bias)``. ``states``: the forward's chunk-start states; without them the
+    kernel recomputes them first. With ``dt_proj`` ``ddelta`` is the full ``(batch, G*D, L)`` gradient of
+    delta = dt_proj . delta (in ``delta``'s dtype)."""
     batch, groups, n_state, length = B.shape
-    channels = delta.shape[1]
+    channels = A.shape[0]
     dg = channels // groups
     cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
     if states is not None and states.shape != states_shape(batch, channels, n_state, length, dg):
@@ -518,14 +538,14 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
     np2 = triton.next_power_of_2(n_state)
     n_chunks = _n_chunks(length, cfg["BLOCK_L"])
     f32 = dict(device=delta.device, dtype=torch.float32)
-    ddelta = torch.empty_like(delta)
+    ddelta = delta.new_empty(batch, channels, length)
     d_blocks = triton.cdiv(dg, cfg["BLOCK_D"])
     dB = torch.empty(d_blocks, *B.shape, **f32)  # per channel-block partial sums
     dC = torch.empty(d_blocks, *C.shape, **f32)
     dA_part = torch.empty(batch, channels, n_state, **f32)
     dD_part = torch.empty(batch, channels, **f32)
     dbias_part = torch.empty(batch, channels, **f32)
-    if delta.numel() == 0:
+    if ddelta.numel() == 0:
         dA_part.zero_(), dD_part.zero_(), dbias_part.zero_(), dB.zero_(), dC.zero_()
     else:
         have_states = states is not None
@@ -534,11 +554,14 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
         su, sy = (u.stride(), grad_y.stride()) if index is not None else (_seq_strides(u), _seq_strides(grad_y))
         grid = (d_blocks, batch * groups)
         _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y, u if index is None else index,
+                          u if dt_proj is None else dt_proj,
                           du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
-                          length, dg, groups, n_state, n_chunks, width, *su, *sy,
+                          length, dg, groups, n_state, n_chunks, 0 if dt_proj is None else dt_proj.shape[1],
+                          width, *su, *sy,
                           SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                          HAVE_STATES=have_states, REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch,
-                          NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+                          HAVE_STATES=have_states, DT_PROJ=dt_proj is not None, REVERSE_BY_FLIP=reverse_by_flip,
+                          PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
+                          num_warps=cfg["num_warps"])
     return (ddelta, dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
 
@@ -574,36 +597,51 @@ def _dense(x):
     return x if torch.empty_like(x).stride() == x.stride() else x.contiguous()
 
 
-def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, save_states=False):
+def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, save_states=False,
+                   dt_proj=None):
     """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`kernels.scan2d`).
 
-    ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding). Returns the
-    float32 ``(batch, C, H, W)`` sum of the K outputs at their positions (channels-last in memory) and the
-    chunk-start states for :func:`scan2d_backward` (an empty tensor unless ``save_states``)."""
+    ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding); ``delta``
+    ``(batch, K*C_k, L)``, or with ``dt_proj (K, C_k, R)`` the low-rank ``(batch, K, R, L)`` it projects.
+    Returns the float32 ``(batch, C, H, W)`` sum of the K outputs at their positions (channels-last in memory)
+    and the chunk-start states for :func:`scan2d_backward` (an empty tensor unless ``save_states``)."""
     x = _dense(x)
     delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
+    if dt_proj is not None:
+        dt_proj = dt_proj.reshape(A.shape[0], -1).contiguous()
     batch, channels, H, W = x.shape
     groups, n_state, length = B.shape[1:]
+    width = A.shape[0]
     y = torch.zeros(batch, H, W, channels, device=x.device, dtype=torch.float32).permute(0, 3, 1, 2)
-    shape = states_shape(batch, delta.shape[1], n_state, length, delta.shape[1] // groups) if save_states else (0,)
+    shape = states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
     states = torch.empty(shape, device=x.device, dtype=torch.float32)
-    if delta.numel():
+    if batch * width * length:
         _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split,
-                        states=states if save_states else None)
+                        states=states if save_states else None, dt_proj=dt_proj)
     return y, states
 
 
-def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, states=None):
-    """(dx in x's dtype and strides, ddelta, dA, dB, dC, dD, ddelta_bias) of :func:`scan2d_forward`;
-    ``states``: the ones it saved (else recomputed)."""
+def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, states=None,
+                    dt_proj=None):
+    """Gradients of :func:`scan2d_forward`: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)``, plus ``ddt_proj``
+    with ``dt_proj`` (then ``ddelta`` is the gradient of the low-rank input). ``states``: the ones the forward
+    saved (else recomputed)."""
     x = _dense(x)
     delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
+    w = None if dt_proj is None else dt_proj.reshape(A.shape[0], -1).contiguous()
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
     dx = torch.zeros_like(x, dtype=torch.float32)
-    grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus,
-                             index=index, width=x.shape[3], split=split,
-                             states=states if states is not None and states.numel() else None)
-    return (dx.to(x.dtype), *grads)
+    ddelta, *grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus,
+                                      index=index, width=x.shape[3], split=split,
+                                      states=states if states is not None and states.numel() else None, dt_proj=w)
+    if dt_proj is None:
+        return (dx.to(x.dtype), ddelta, *grads)
+    batch, groups, rank, length = delta.shape
+    dfull = ddelta.view(batch, groups, -1, length)  # (b, K, C_k, L)
+    w = w.view(groups, -1, rank).to(dfull.dtype)
+    d_low = torch.einsum("bkdl,kdr->bkrl", dfull, w).to(delta.dtype)
+    d_proj = torch.einsum("bkdl,bkrl->kdr", dfull, delta.to(dfull.dtype)).to(dt_proj.dtype).view(dt_proj.shape)
+    return (dx.to(x.dtype), d_low, *grads, d_proj)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):

@@ -254,7 +254,8 @@ class SS2D(nn.Module):
         return -torch.exp(self.A_logs.float()), self.Ds.float(), self.dt_projs_bias.reshape(-1).float()
 
     def project_sequences(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(B, d_inner, H, W)`` -> ``delta (B, K*d_seq, L)``, ``B, C (B, K, N, L)`` in sequence order.
+        """``(B, d_inner, H, W)`` -> low-rank ``dt (B, K, dt_rank, L)`` (``dt_projs_weight`` maps it to the step
+        sizes), ``B, C (B, K, N, L)``, in sequence order.
 
         The K per-sequence projections are pointwise: where every sequence covers the map they run on the 2D
         map (no K copies of it) and only their ``dt_rank + 2N`` outputs per token are gathered into each
@@ -268,16 +269,17 @@ class SS2D(nn.Module):
                                                   self.x_proj_weight))
         else:
             x_dbl = self.scan.gather(torch.einsum("bdhw,kcd->bkchw", x, self.x_proj_weight))
-        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        return dts.reshape(Bsz, K * self.d_seq, -1).to(x.dtype), Bs.contiguous(), Cs.contiguous()
+        dts, Bs, Cs = torch.split(x_dbl.to(x.dtype), [R, N, N], dim=2)
+        return dts.contiguous(), Bs.contiguous(), Cs.contiguous()
 
-    def scan_sequences(self, x: torch.Tensor, delta: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
+    def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
         """Selective scan of the K sequences of ``x (B, d_inner, H, W)``, outputs summed at their positions:
-        ``(B, d_inner, H, W)`` float32 (one fused :func:`kernels.scan2d`). Subclasses with another fusion of
-        the K directions override this."""
+        ``(B, d_inner, H, W)`` float32. One fused :func:`kernels.scan2d`, which also forms the step sizes from
+        the low-rank ``dts`` (no ``(B, K*d_seq, L)`` delta tensor). Subclasses with another fusion of the K
+        directions override this."""
         A, D, delta_bias = self.ssm_parameters()
-        return kernels.scan2d(x, delta, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend)
+        return kernels.scan2d(x, dts, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend,
+                              dt_proj=self.dt_projs_weight)
 
     def scan_core(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, d_inner, H, W)`` -> ``(B, d_inner, H, W)`` float32: project, selective scan, merge."""

@@ -186,12 +186,13 @@ class LocalSS2D(SS2D):
             self._merge_index_cache[key] = index
         return index
 
-    def scan_sequences(self, x: torch.Tensor, delta: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
+    def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
         """The K outputs are needed apart (the gate weighs them), so the sequences are materialised."""
         batch, channels, H, W = x.shape
         A, D, delta_bias = self.ssm_parameters()
         xs = self.scan.flatten(x)  # (B, K, d_seq, L)
         K, L = xs.shape[1], xs.shape[3]
+        delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype)).reshape(batch, -1, L)
         ys = kernels.selective_scan(xs.reshape(batch, K * self.d_seq, L), delta, A, Bs, Cs, D, delta_bias,
                                     backend=self.backend).float()
         index = self._merge_index(H, W, x.device)
