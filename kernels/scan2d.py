@@ -128,15 +128,20 @@ def _scan2d_backward_op(
            torch.Tensor]:
     """Gradients of every tensor input; the last is that of ``dt_proj`` (an empty tensor without one)."""
     from . import triton_scan
-    grads = triton_scan.scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus,
-                                        states, dt_proj)
-    return tuple(grads) if dt_proj is not None else (*grads, x.new_empty(0))
+    dx, *grads = triton_scan.scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split,
+                                             delta_softplus, states, dt_proj)
+    grads = [g.contiguous() for g in grads]  # the layout the fake promises
+    return (dx, *grads) if dt_proj is not None else (dx, *grads, x.new_empty(0))
 
 
 @_scan2d_backward_op.register_fake
 def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_softplus, dt_proj):
-    return (*(torch.empty_like(t) for t in (x, delta, A, B, C, D, delta_bias)),
-            torch.empty_like(dt_proj) if dt_proj is not None else x.new_empty(0))
+    """dx in x's layout, every other gradient contiguous."""
+    def contiguous_like(t):
+        return t.new_empty(t.shape)
+
+    return (torch.empty_like(x), *(contiguous_like(t) for t in (delta, A, B, C, D, delta_bias)),
+            contiguous_like(dt_proj) if dt_proj is not None else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):

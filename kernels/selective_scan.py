@@ -115,12 +115,12 @@ def _selective_scan_backward_op(
         C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     grads = _BACKENDS[backend].backward(grad_y.contiguous(), u, delta, A, B, C, D, delta_bias, delta_softplus)
-    return tuple(grads)
+    return tuple(g.contiguous() for g in grads)  # the layout the fake promises
 
 
 @_selective_scan_backward_op.register_fake
 def _(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus, backend):
-    return tuple(torch.empty_like(t) for t in (u, delta, A, B, C, D, delta_bias))
+    return tuple(t.new_empty(t.shape) for t in (u, delta, A, B, C, D, delta_bias))  # contiguous
 
 
 _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)

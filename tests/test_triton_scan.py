@@ -383,6 +383,29 @@ def test_scan2d_op_autograd_and_compile(triton_scan):
         assert rel_err(g, g_ref.double()) < 1e-5, key
 
 
+@kernel_test
+def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan):
+    """torch.library.opcheck (schema, fake tensors vs real outputs incl. strides, autograd registration) on
+    inputs that are views with unusual strides, as compiled graphs hand them over."""
+    import scans
+    from kernels.scan2d import _index_on
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build("cross")
+    inputs = scan2d_inputs(pattern, 2, 3, 4, 5, 1, torch.float32, DEVICE, True)
+    K, L = pattern.K, 20
+    low = torch.randn(2, K, L, 3, device=DEVICE).transpose(2, 3)  # (b, K, R, L) view, R innermost in memory
+    proj = torch.randn(K, 3, 3, device=DEVICE)
+    index = _index_on(pattern, 4, 5, torch.device(DEVICE))
+    args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, True, proj)
+    torch.library.opcheck(torch.ops.vssm.scan2d.default, args)
+    y, states = torch.ops.vssm.scan2d(*args)
+    grad_y = torch.randn(y.shape, device=DEVICE).transpose(2, 3).contiguous().transpose(2, 3)
+    bwd_args = (grad_y, inputs["x"], low, *list(inputs.values())[2:], index, states, False, True, proj)
+    torch.library.opcheck(torch.ops.vssm.scan2d_backward.default, bwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 @cuda_only
 def test_scan2d_auto_dispatch_matches_pytorch_backend():
     import kernels
