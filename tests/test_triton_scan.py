@@ -298,15 +298,18 @@ def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
 
 
 @kernel_test
-@pytest.mark.parametrize("name,channels,H,W,n,rank", [("cross", 3, 4, 5, 1, 3), ("group", 8, 3, 5, 3, 2),
-                                                      ("atrous", 3, 5, 3, 1, 2)] if not CUDA else
-                         [("cross", 96, 56, 56, 1, 6), ("group", 64, 28, 28, 16, 4), ("atrous", 48, 27, 33, 1, 3)])
-def test_scan2d_with_dt_projection_inside_the_kernel(triton_scan, name, channels, H, W, n, rank):
+@pytest.mark.parametrize("name,channels,H,W,n,rank,block_d", [
+    ("cross", 3, 4, 5, 1, 3, 2), ("group", 8, 3, 5, 3, 2, 2), ("atrous", 3, 5, 3, 1, 2, 2),
+    ("cross", 16, 4, 5, 1, 3, 16),  # 16-row tiles: the projection runs as a tensor-core dot
+] if not CUDA else [
+    ("cross", 96, 56, 56, 1, 6, None), ("group", 64, 28, 28, 16, 4, None), ("atrous", 48, 27, 33, 1, 3, None),
+    ("cross", 384, 14, 14, 1, 24, None)])
+def test_scan2d_with_dt_projection_inside_the_kernel(triton_scan, name, channels, H, W, n, rank, block_d):
     """dt_proj (K, C_k, R) and the low-rank dt (batch, K, R, L): delta is formed in the kernel; gradients of both."""
     import scans
     from kernels.scan2d import _index_on
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=block_d, BLOCK_L=8 if block_d < 16 else 16, num_warps=1)
     pattern = scans.build(name)
     batch = 2
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
