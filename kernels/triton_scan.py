@@ -178,14 +178,24 @@ def _proj_tile(w_ptr, chan, mask_rows, R, RP: tl.constexpr):
 
 @triton.jit
 def _load_pre(delta_ptr, w_ptr, row_off, offs_l, mask2d, pid_bg, chan, mask_rows, R, L,
-              DT_PROJ: tl.constexpr, RP: tl.constexpr):
+              DT_PROJ: tl.constexpr, RP: tl.constexpr, DUPLICATE_ROWS: tl.constexpr):
     """float32 delta (before bias and softplus) of a (rows, steps) tile: loaded from ``delta (batch, G*D, L)``, or
     with DT_PROJ the rank-R product ``W[chan] . dtl[b, g, :, l]`` of the dt projection ``W (G*D, R)`` and the
     low-rank ``dtl (batch, G, R, L)`` passed as ``delta_ptr`` (delta itself is never stored); ``RP``: R padded
-    to a power of two >= 16."""
+    to a power of two >= 16. ``DUPLICATE_ROWS``: rows are (channel, state) pairs (N > 1), formed by rank-1
+    updates: with the tensor-core dot on such tiles a GPU test failed (H200, Triton 3.6; the interpreter passed)."""
     if DT_PROJ:
-        t = _dt_low_tile(delta_ptr, pid_bg, offs_l, R, L, RP)
-        acc = _dot(_proj_tile(w_ptr, chan, mask_rows, R, RP), t, t)
+        if mask2d.shape[0] >= 16 and not DUPLICATE_ROWS:
+            t = _dt_low_tile(delta_ptr, pid_bg, offs_l, R, L, RP)
+            acc = _dot(_proj_tile(w_ptr, chan, mask_rows, R, RP), t, t)
+        else:  # rows of a (channel, state) tile: one rank-1 update per r
+            inside = (offs_l >= 0) & (offs_l < L)
+            base = pid_bg.to(tl.int64) * R * L
+            acc = mask2d.to(tl.float32) * 0.0
+            for r in range(0, R):
+                w = tl.load(w_ptr + chan * R + r, mask=mask_rows, other=0.0).to(tl.float32)
+                t = tl.load(delta_ptr + base + r * L + offs_l, mask=inside, other=0.0).to(tl.float32)
+                acc += w[:, None] * t[None, :]
         return tl.where(mask2d, acc, 0.0)
     else:
         return tl.load(delta_ptr + row_off[:, None] + offs_l[None, :], mask=mask2d, other=0.0).to(tl.float32)
@@ -224,7 +234,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
     m = mask_r[:, None] & (ar < L)[None, :]
     u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :], other=0.0)
     d_nx = _load_pre(delta_ptr, w_ptr, row_off, ar, m, pid_bg, chan, mask_r, R, L,
-                     DT_PROJ, RP)
+                     DT_PROJ, RP, NP > 1)
     b_nx = tl.load(b_ptrs, mask=m, other=0.0)
     c_nx = tl.load(c_ptrs, mask=m, other=0.0)
     h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
@@ -248,7 +258,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
         u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :],
                        other=0.0)
         d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 + BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L,
-                         DT_PROJ, RP)
+                         DT_PROJ, RP, NP > 1)
         b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         c_nx = tl.load(c_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         if SOFTPLUS:
@@ -309,7 +319,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
         upos, _yp, valid = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
         u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :], other=0.0)
         d_nx = _load_pre(delta_ptr, w_ptr, row_off, ar, m, pid_bg, chan, mask_r, R, L,
-                         DT_PROJ, RP)
+                         DT_PROJ, RP, NP > 1)
         b_nx = tl.load(b_ptrs, mask=m, other=0.0)
         h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
         for c in range(0, NCHUNK):
@@ -325,14 +335,14 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
                 u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
                                other=0.0)
                 d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 + BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L,
-                                 DT_PROJ, RP)
+                                 DT_PROJ, RP, NP > 1)
                 b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
             else:
                 upos, _yp, valid = _positions(idx_ptr, g, l0 + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
                 u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
                             other=0.0).to(tl.float32)
                 pre = _load_pre(delta_ptr, w_ptr, row_off, l0 + ar, mask2, pid_bg, chan, mask_r, R, L,
-                                DT_PROJ, RP) + bias[:, None]
+                                DT_PROJ, RP, NP > 1) + bias[:, None]
                 Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             if SOFTPLUS:
                 dt = _softplus(pre)
@@ -353,7 +363,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0)
     dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0)
     d_nx = _load_pre(delta_ptr, w_ptr, row_off, l_last + ar, m, pid_bg, chan, mask_r, R, L,
-                     DT_PROJ, RP)
+                     DT_PROJ, RP, NP > 1)
     b_nx = tl.load(b_ptrs + l_last, mask=m, other=0.0)
     c_nx = tl.load(cc_ptrs + l_last, mask=m, other=0.0)
     q = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)  # alpha_s g_s at the start s of the later chunk
@@ -397,7 +407,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             u_nx = tl.load(u_ptr + u_row[:, None] + upos_p[None, :], mask=mv, other=0.0)
             dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos_p[None, :], mask=mv, other=0.0)
             d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 - BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L,
-                             DT_PROJ, RP)
+                             DT_PROJ, RP, NP > 1)
             b_nx = tl.load(b_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
             c_nx = tl.load(cc_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
         else:
@@ -405,7 +415,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0).to(tl.float32)
             pre = _load_pre(delta_ptr, w_ptr, row_off, l0 + ar, mask2, pid_bg, chan, mask_r, R, L,
-                            DT_PROJ, RP) + bias[:, None]
+                            DT_PROJ, RP, NP > 1) + bias[:, None]
             Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             Ct = tl.load(cc_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
 
@@ -450,7 +460,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             u_c = tl.load(u_ptr + u_row_c[:, None] + upos[None, :], mask=mv_c, other=0.0).to(tl.float32)
             dy_c = tl.load(dy_ptr + dy_row_c[:, None] + ypos[None, :], mask=mv_c, other=0.0).to(tl.float32)
             pre_c = _load_pre(delta_ptr, w_ptr, chan_off, offs_l, mask_cl, pid_bg, chan_c, mask_c, R, L,
-                              DT_PROJ, RP) + bias_c[:, None]
+                              DT_PROJ, RP, NP > 1) + bias_c[:, None]
             if SOFTPLUS:
                 dt_c = _softplus(pre_c)
             else:
