@@ -149,15 +149,12 @@ def _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER: tl.
 
 @triton.jit
 def _dot(a, b, like):
-    """``a @ b`` in float32: tensor cores when every side is >= 16 (operands in ``like``'s dtype when it is a
-    16-bit type, as autocast would run the product; IEEE float32 otherwise), else a broadcast sum."""
-    if a.shape[0] >= 16 and a.shape[1] >= 16 and b.shape[1] >= 16:
-        if like.dtype == tl.float32:
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        else:
-            return tl.dot(a.to(like.dtype), b.to(like.dtype))
+    """``a @ b`` in float32 on the tensor cores (every side >= 16): 16-bit operands in ``like``'s dtype, as
+    autocast would run the product, IEEE float32 operands otherwise."""
+    if like.dtype == tl.float32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
-        return tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+        return tl.dot(a.to(like.dtype), b.to(like.dtype))
 
 
 @triton.jit
@@ -182,10 +179,11 @@ def _load_pre(delta_ptr, w_ptr, row_off, offs_l, mask2d, pid_bg, chan, mask_rows
     """float32 delta (before bias and softplus) of a (rows, steps) tile: loaded from ``delta (batch, G*D, L)``, or
     with DT_PROJ the rank-R product ``W[chan] . dtl[b, g, :, l]`` of the dt projection ``W (G*D, R)`` and the
     low-rank ``dtl (batch, G, R, L)`` passed as ``delta_ptr`` (delta itself is never stored); ``RP``: R padded
-    to a power of two >= 16. ``DUPLICATE_ROWS``: rows are (channel, state) pairs (N > 1), formed by rank-1
-    updates: with the tensor-core dot on such tiles a GPU test failed (H200, Triton 3.6; the interpreter passed)."""
+    to a power of two >= 16. Tiles of 16+ rows use the tensor cores, others (and ``DUPLICATE_ROWS``: rows of
+    (channel, state) pairs, N > 1) rank-1 updates. (A 3D broadcast-and-sum variant gave twice the right answer
+    in a GPU test of the N > 1 backward, H100 / Triton 3.6, where the interpreter was right; not used.)"""
     if DT_PROJ:
-        if mask2d.shape[0] >= 16 and not DUPLICATE_ROWS:
+        if mask2d.shape[0] >= 16 and offs_l.shape[0] >= 16 and not DUPLICATE_ROWS:
             t = _dt_low_tile(delta_ptr, pid_bg, offs_l, R, L, RP)
             acc = _dot(_proj_tile(w_ptr, chan, mask_rows, R, RP), t, t)
         else:  # rows of a (channel, state) tile: one rank-1 update per r
@@ -478,12 +476,22 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
         dD_acc += tl.sum(dy_c * u_c, axis=1)
         dbias_acc += tl.sum(ddelta, axis=1)
         if DT_PROJ:  # gradients of the low-rank dt (per block of channels) and of the projection
-            t = _dt_low_tile(delta_ptr, pid_bg, offs_l, R, L, RP)
             r_idx = tl.arange(0, RP)
-            d_low = _dot(tl.trans(_proj_tile(w_ptr, w_rows, w_mask, R, RP)), ddelta, t)  # (RP, steps)
-            tl.store(ddelta_ptr + dlow_slab + (pid_bg.to(tl.int64) * R + r_idx[:, None]) * L + offs_l[None, :],
-                     d_low, mask=(r_idx < R)[:, None] & mask_l[None, :])
-            dw_acc += _dot(ddelta, tl.trans(t), t)  # (rows, RP)
+            dlow_rows = ddelta_ptr + dlow_slab + pid_bg.to(tl.int64) * R * L
+            if BLOCK_D >= 16 and NP == 1:  # tensor cores
+                t = _dt_low_tile(delta_ptr, pid_bg, offs_l, R, L, RP)
+                d_low = _dot(tl.trans(_proj_tile(w_ptr, w_rows, w_mask, R, RP)), ddelta, t)  # (RP, steps)
+                tl.store(dlow_rows + r_idx[:, None] * L + offs_l[None, :], d_low,
+                         mask=(r_idx < R)[:, None] & mask_l[None, :])
+                dw_acc += _dot(ddelta, tl.trans(t), t)  # (rows, RP)
+            else:  # one r at a time
+                for r in range(0, R):
+                    w_r = tl.load(w_ptr + w_rows * R + r, mask=w_mask, other=0.0).to(tl.float32)
+                    t_r = tl.load(delta_ptr + pid_bg.to(tl.int64) * R * L + r * L + offs_l, mask=mask_l,
+                                  other=0.0).to(tl.float32)
+                    tl.store(dlow_rows + r * L + offs_l, tl.sum(w_r[:, None] * ddelta, axis=0), mask=mask_l)
+                    dw_col = tl.sum(ddelta * t_r[None, :], axis=1)
+                    dw_acc += tl.where(r_idx[None, :] == r, dw_col[:, None], 0.0)
         else:
             tl.store(ddelta_ptr + seq_off[:, None] + offs_l[None, :], ddelta.to(ddelta_ptr.dtype.element_ty),
                      mask=mask_cl)
