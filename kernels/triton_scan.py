@@ -69,6 +69,28 @@ def _sigmoid(x):
     return tl.where(x > 20.0, 1.0, e / (1.0 + e))
 
 
+@triton.jit
+def _step_size(pre, mask, SOFTPLUS: tl.constexpr):
+    """dt = softplus(pre) (or pre), zero outside ``mask``."""
+    if SOFTPLUS:
+        dt = _softplus(pre)
+    else:
+        dt = pre
+    return tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _chunk_scan(pre, u, Bt, A2, mask, SOFTPLUS: tl.constexpr):
+    """One chunk from a zero state: ``(dt, alpha = exp(dt A), x = dt u, x B, sa, sb)`` with (sa, sb) the
+    in-chunk composition of the steps ``h -> alpha h + x B``, so that ``h_t = sb_t + sa_t h_start``."""
+    dt = _step_size(pre, mask, SOFTPLUS)
+    alpha = tl.exp2(dt * A2[:, None])
+    x = dt * u
+    xB = x * Bt
+    sa, sb = tl.associative_scan((alpha, xB), 1, _affine_combine)
+    return dt, alpha, x, xB, sa, sb
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Tiles are 2D: one row per (channel, state) pair, r = d * NP + n, and BLOCK_L steps along the sequence. With
 # N = 1 a row is a channel; with N > 1 the NP rows of a channel are summed for y (and du, ddelta).
@@ -259,13 +281,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
                          DT_PROJ, RP, NP > 1)
         b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         c_nx = tl.load(c_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
-        if SOFTPLUS:
-            dt = _softplus(pre)
-        else:
-            dt = pre
-        dt = tl.where(mask2, dt, 0.0)
-        alpha = tl.exp2(dt * A2[:, None])
-        sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
+        _dt, _alpha, _x, _xB, sa, sb = _chunk_scan(pre, u, Bt, A2, mask2, SOFTPLUS)
         hs = sb + sa * h[:, None]
         if STORE_STATES:  # h after step l starts state chunk (l + 1) / STATE_CHUNK
             ends = ((offs_l + 1) % STATE_CHUNK == 0) & (offs_l + 1 < L)
@@ -342,13 +358,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
                 pre = _load_pre(delta_ptr, w_ptr, row_off, l0 + ar, mask2, pid_bg, chan, mask_r, R, L,
                                 DT_PROJ, RP, NP > 1) + bias[:, None]
                 Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
-            if SOFTPLUS:
-                dt = _softplus(pre)
-            else:
-                dt = pre
-            dt = tl.where(mask2, dt, 0.0)
-            alpha = tl.exp2(dt * A2[:, None])
-            sa, sb = tl.associative_scan((alpha, dt * u * Bt), 1, _affine_combine)
+            _dt, _alpha, _x, _xB, sa, sb = _chunk_scan(pre, u, Bt, A2, mask2, SOFTPLUS)
             h = tl.sum(tl.where(last, sb + sa * h[:, None], 0.0), axis=1)
         tl.debug_barrier()  # pass 2 reads states written by other threads of this program
 
@@ -417,15 +427,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             Ct = tl.load(cc_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
 
-        if SOFTPLUS:
-            dt = _softplus(pre)
-        else:
-            dt = pre
-        dt = tl.where(mask2, dt, 0.0)
-        alpha = tl.exp2(dt * A2[:, None])
-        x = dt * u
-        xB = x * Bt
-        sa, sb = tl.associative_scan((alpha, xB), 1, _affine_combine)
+        dt, alpha, x, xB, sa, sb = _chunk_scan(pre, u, Bt, A2, mask2, SOFTPLUS)
         hs = sb + sa * h0[:, None]  # states h_t of the chunk
 
         rhs = Ct * dy
@@ -459,11 +461,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             dy_c = tl.load(dy_ptr + dy_row_c[:, None] + ypos[None, :], mask=mv_c, other=0.0).to(tl.float32)
             pre_c = _load_pre(delta_ptr, w_ptr, chan_off, offs_l, mask_cl, pid_bg, chan_c, mask_c, R, L,
                               DT_PROJ, RP, NP > 1) + bias_c[:, None]
-            if SOFTPLUS:
-                dt_c = _softplus(pre_c)
-            else:
-                dt_c = pre_c
-            dt_c = tl.where(mask_cl, dt_c, 0.0)
+            dt_c = _step_size(pre_c, mask_cl, SOFTPLUS)
             seq_off = chan_off
             du_row = u_row_c
         du = dx * dt_c + D_c[:, None] * dy_c
