@@ -47,6 +47,19 @@ def rel_err(out, ref):
     return ((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-3)).item()
 
 
+def assert_compiled_matches_eager(step, inputs):
+    """``step(*inputs)`` (a scalar loss) compiled with fullgraph=True (no graph break) gives the eager loss and
+    gradients."""
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
+    loss = compiled(*inputs.values())
+    grads = torch.autograd.grad(loss, list(inputs.values()))
+    loss_ref = step(*inputs.values())
+    grads_ref = torch.autograd.grad(loss_ref, list(inputs.values()))
+    assert rel_err(loss.detach(), loss_ref.detach().double()) < 1e-5
+    for name, g, g_ref in zip(inputs, grads, grads_ref):
+        assert rel_err(g, g_ref.double()) < 1e-5, name
+
+
 @pytest.fixture
 def triton_scan(monkeypatch):
     from kernels import triton_scan as ts
@@ -192,14 +205,7 @@ def test_compile_traces_custom_op_forward_and_backward(triton_scan, monkeypatch)
     def step(*args):
         return (kernels.selective_scan(*args, backend=backend) ** 2).sum()
 
-    compiled = torch.compile(step, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
-    loss = compiled(*inputs.values())
-    grads = torch.autograd.grad(loss, list(inputs.values()))
-    loss_ref = step(*inputs.values())
-    grads_ref = torch.autograd.grad(loss_ref, list(inputs.values()))
-    assert rel_err(loss.detach(), loss_ref.detach().double()) < 1e-5
-    for name, g, g_ref in zip(inputs, grads, grads_ref):
-        assert rel_err(g, g_ref.double()) < 1e-5, name
+    assert_compiled_matches_eager(step, inputs)
 
 
 # ---- fused scan over a 2D map (kernels.scan2d): gather from the map, scan, scatter-add ----------------------
@@ -376,14 +382,7 @@ def test_scan2d_op_autograd_and_compile(triton_scan):
     def step(*args):
         return (torch.ops.vssm.scan2d(*args, index, False, True, True, None)[0] ** 2).sum()
 
-    compiled = torch.compile(step, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
-    loss = compiled(*inputs.values())
-    grads = torch.autograd.grad(loss, list(inputs.values()))
-    loss_ref = step(*inputs.values())
-    grads_ref = torch.autograd.grad(loss_ref, list(inputs.values()))
-    assert rel_err(loss.detach(), loss_ref.detach().double()) < 1e-5
-    for key, g, g_ref in zip(inputs, grads, grads_ref):
-        assert rel_err(g, g_ref.double()) < 1e-5, key
+    assert_compiled_matches_eager(step, inputs)
 
 
 @kernel_test

@@ -75,8 +75,37 @@ def scan_bytes(batch, groups, d, n, length, dtype):
     return fwd, bwd
 
 
-def bench_scan(args):
+def time_passes(fn, inputs, grad_y, args):
+    """Median ms of ``fn()`` without grad and of ``fn()`` + backward w.r.t. ``inputs``; None when out of memory."""
     import triton.testing
+
+    def fwd():
+        with torch.no_grad():
+            return fn()
+
+    def fwd_bwd():
+        return torch.autograd.grad(fn(), list(inputs.values()), grad_y)
+
+    try:
+        t_f = triton.testing.do_bench(fwd, warmup=args.warmup, rep=args.rep, return_mode="median")
+        t_fb = triton.testing.do_bench(fwd_bwd, warmup=args.warmup, rep=args.rep, return_mode="median")
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
+    return t_f, t_fb
+
+
+def roofline_rows(t_f, t_fb, fwd_bytes, bwd_bytes, hbm):
+    """(pass, ms, GB/s, floor ms, % of roofline) for forward, forward+backward and their difference."""
+    rows = []
+    for what, t, nbytes in (("forward", t_f, fwd_bytes), ("fwd+bwd", t_fb, fwd_bytes + bwd_bytes),
+                            ("bwd (diff)", t_fb - t_f, bwd_bytes)):
+        floor = nbytes / hbm / 1e6
+        rows.append((what, t, nbytes / t / 1e6, floor, 100 * floor / t))
+    return rows
+
+
+def bench_scan(args):
     import kernels
     device = "cuda"
     dtype = DTYPES[args.dtype]
@@ -89,28 +118,14 @@ def bench_scan(args):
     grad_y = torch.randn_like(inputs["u"])
     rows = []
     for backend in args.backends.split(","):
-        def fwd():
-            with torch.no_grad():
-                return kernels.selective_scan(**inputs, backend=backend)
-
-        def fwd_bwd():
-            y = kernels.selective_scan(**inputs, backend=backend)
-            return torch.autograd.grad(y, list(inputs.values()), grad_y)
-
-        try:
-            t_f = triton.testing.do_bench(fwd, warmup=args.warmup, rep=args.rep, return_mode="median")
-            t_fb = triton.testing.do_bench(fwd_bwd, warmup=args.warmup, rep=args.rep, return_mode="median")
-        except torch.OutOfMemoryError:
+        times = time_passes(lambda: kernels.selective_scan(**inputs, backend=backend), inputs, grad_y, args)
+        if times is None:
             print(f"{backend}: out of memory")
-            torch.cuda.empty_cache()
             continue
         torch.cuda.reset_peak_memory_stats()
-        fwd_bwd()
+        torch.autograd.grad(kernels.selective_scan(**inputs, backend=backend), list(inputs.values()), grad_y)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        for what, t, nbytes in (("forward", t_f, fwd_bytes), ("fwd+bwd", t_fb, fwd_bytes + bwd_bytes),
-                                ("bwd (diff)", t_fb - t_f, bwd_bytes)):
-            floor = nbytes / hbm / 1e6
-            rows.append((backend, what, t, nbytes / t / 1e6, floor, 100 * floor / t, peak))
+        rows += [(backend, *row, peak) for row in roofline_rows(*times, fwd_bytes, bwd_bytes, hbm)]
     print(f"{'backend':<10} {'pass':<11} {'ms':>9} {'GB/s':>8} {'floor ms':>9} {'% roofline':>10} {'peak GiB':>9}")
     for backend, what, t, gbs, floor, pct, peak in rows:
         print(f"{backend:<10} {what:<11} {t:9.3f} {gbs:8.0f} {floor:9.3f} {pct:10.1f} {peak:9.2f}")
@@ -190,7 +205,6 @@ def sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n_state):
 
 
 def bench_scan2d(args):
-    import triton.testing
     import kernels
     import scans
     dtype = DTYPES[args.dtype]
@@ -247,24 +261,11 @@ def bench_scan2d(args):
     rows = []
     for label, fn in [("fused triton", fused("triton")), ("unfused triton", unfused("triton"))] + [
             (f"unfused {bk}", unfused(bk)) for bk in args.backends.split(",") if bk and bk != "triton"]:
-        def fwd():
-            with torch.no_grad():
-                return fn()
-
-        def fwd_bwd():
-            return torch.autograd.grad(fn(), list(inputs.values()), grad_y)
-
-        try:
-            t_f = triton.testing.do_bench(fwd, warmup=args.warmup, rep=args.rep, return_mode="median")
-            t_fb = triton.testing.do_bench(fwd_bwd, warmup=args.warmup, rep=args.rep, return_mode="median")
-        except torch.OutOfMemoryError:
+        times = time_passes(fn, inputs, grad_y, args)
+        if times is None:
             print(f"{label}: out of memory")
-            torch.cuda.empty_cache()
             continue
-        for what, t, nbytes in (("forward", t_f, fwd_bytes), ("fwd+bwd", t_fb, fwd_bytes + bwd_bytes),
-                                ("bwd (diff)", t_fb - t_f, bwd_bytes)):
-            floor = nbytes / hbm / 1e6
-            rows.append((label, what, t, nbytes / t / 1e6, floor, 100 * floor / t))
+        rows += [(label, *row) for row in roofline_rows(*times, fwd_bytes, bwd_bytes, hbm)]
     print(f"{'path':<16} {'pass':<11} {'ms':>9} {'GB/s*':>8} {'floor ms':>9} {'% roofline':>10}")
     for label, what, t, gbs, floor, pct in rows:
         print(f"{label:<16} {what:<11} {t:9.3f} {gbs:8.0f} {floor:9.3f} {pct:10.1f}")
