@@ -36,6 +36,7 @@ square maps).
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -140,6 +141,25 @@ def _official_v_positions(H: int, W: int) -> torch.Tensor:
     return torch.arange(H * W).view(W, H).t().reshape(-1)
 
 
+@lru_cache(maxsize=256)
+def _merge_index(pattern: scans.ScanPattern, directions: Tuple[str, ...], official_v_merge: bool, H: int, W: int,
+                 device: torch.device) -> torch.Tensor:
+    """Inverse of the window pattern's index map, per direction (with the official ``v`` placement on request).
+    Shapes never depend on values, so torch.compile traces it into constants without a graph break."""
+    positions = pattern.index_map(H, W).clone()  # (K, L): sequence slot -> flat position / PAD
+    K, L = positions.shape
+    if official_v_merge and H != W:
+        v_pos = _official_v_positions(H, W)
+        for k, name in enumerate(directions):
+            if name in ("v", "v_flip"):
+                positions[k] = scans.PAD
+                positions[k, : H * W] = v_pos if name == "v" else v_pos.flip(0)
+    # slot of every position; padding slots all land in an extra column, dropped
+    target = torch.where(positions == scans.PAD, H * W, positions)
+    index = torch.full((K, H * W + 1), -1, dtype=torch.int64).scatter(1, target, torch.arange(L).expand(K, L))
+    return index[:, : H * W].to(device)
+
+
 class LocalSS2D(SS2D):
     """SS2D over the ``window`` scan pattern with the given directions, fused by a :class:`DirectionGate`.
 
@@ -159,32 +179,10 @@ class LocalSS2D(SS2D):
         self.official_v_merge = official_v_merge
         self.direction_gate = DirectionGate(self.d_inner, gate_ratio,
                                             norm_layer=kwargs.get("norm_layer", nn.LayerNorm))
-        self._merge_index_cache: Dict[tuple, torch.Tensor] = {}
 
     def _merge_index(self, H: int, W: int, device: torch.device) -> torch.Tensor:
         """``(K, H*W)``: for each direction, the sequence slot whose output belongs at each position."""
-        key = (H, W, str(device))
-        index = self._merge_index_cache.get(key)
-        if index is None:
-            positions = self.scan.index_map(H, W).clone()  # (K, L): sequence slot -> flat position / PAD
-            K, L = positions.shape
-            if self.official_v_merge and H != W:
-                v_pos = _official_v_positions(H, W)
-                for k, name in enumerate(self.directions):
-                    if name in ("v", "v_flip"):
-                        positions[k] = scans.PAD
-                        positions[k, : H * W] = v_pos if name == "v" else v_pos.flip(0)
-            index = torch.full((K, H * W), -1, dtype=torch.int64)
-            slots = torch.arange(L)
-            for k in range(K):
-                real = positions[k] != scans.PAD
-                index[k, positions[k, real]] = slots[real]
-                if int(real.sum()) != H * W or bool((index[k] < 0).any()):
-                    raise AssertionError(f"scan direction {self.directions[k]!r} does not cover the {H}x{W} map "
-                                         f"exactly once")
-            index = index.to(device)
-            self._merge_index_cache[key] = index
-        return index
+        return _merge_index(self.scan, self.directions, self.official_v_merge, int(H), int(W), device)
 
     def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
         """The K outputs are needed apart (the gate weighs them), so the sequences are materialised."""

@@ -1,0 +1,53 @@
+"""torch.compile over whole models: one graph, no breaks, and no recompilation from one call (or block) to the next.
+
+On the CPU the scan runs through the PyTorch backends inside the ``vssm::selective_scan`` op; the Triton
+``vssm::scan2d`` op is covered on the device by tests/test_triton_scan.py and the benchmark's ``--compile`` rows.
+"""
+import pytest
+import timm
+import torch
+
+import vssm  # noqa: F401  (registers the models)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# one small model of each family: (timm name, options)
+SMALL = [
+    ("vmamba_nano", {}),
+    ("local_vmamba_tiny", dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), d_state=4,
+                               directions=[["h", "v_flip", "w2", "w7_flip"]] * 4)),
+    ("efficient_vmamba_tiny", dict(dims=(16, 32, 48, 64), depths=(1, 1, 1, 1))),
+    ("groupmamba_tiny", dict(stem_hidden_dim=8, dims=(16, 16, 32, 32), depths=(1, 1, 2, 1), mlp_ratios=(2, 2, 2, 2))),
+]
+
+
+@pytest.mark.parametrize("name,options", SMALL, ids=[n for n, _ in SMALL])
+def test_whole_model_is_one_graph(name, options):
+    torch._dynamo.reset()
+    model = timm.create_model(name, num_classes=5, **options).eval()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_compiled_training_step_compiles_once():
+    """fullgraph compile of forward + backward of a 4-stage model; later steps and the other blocks of the same
+    stage reuse the graph (the frame count stays at one compile)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = timm.create_model("vmamba_nano", num_classes=5)
+    eager = timm.create_model("vmamba_nano", num_classes=5)
+    eager.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    from torch._dynamo.utils import counters
+    counters.clear()
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(compiled(x), target)
+        loss.backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    loss_eager = torch.nn.functional.cross_entropy(eager(x), target)
+    loss_eager.backward()
+    assert torch.allclose(loss, loss_eager, rtol=1e-4, atol=1e-5)
+    for (n, p), q in zip(model.named_parameters(), eager.parameters()):
+        assert torch.allclose(p.grad / 3, q.grad, rtol=1e-3, atol=1e-5), n
