@@ -1,7 +1,10 @@
-"""Selective scan in Triton: forward and backward for the grouped layout of :func:`kernels.selective_scan`.
+"""Selective scan in Triton: forward and backward for the grouped layout of :func:`kernels.selective_scan`, and
+the same kernels over a 2D map for :func:`kernels.scan2d`.
 
 Layout (all contiguous along L): ``u, delta (batch, G*D, L)``, ``A (G*D, N)``, ``B, C (batch, G, N, L)``,
-``D, delta_bias (G*D,)``.
+``D, delta_bias (G*D,)``. For ``scan2d`` (GATHER) ``u`` and ``y`` are instead 2D maps read and accumulated
+through a scan pattern's index map (see "Addressing" below), and with DT_PROJ ``delta`` is formed inside the
+kernels from the low-rank dt ``(batch, G, R, L)`` and the projection ``(G*D, R)``.
 
 One program owns ``BLOCK_D`` channels of one (batch, group) and walks the sequence in chunks of ``BLOCK_L``
 steps; inside a chunk the recurrence is an associative scan over the pairs ``(decay, drive)``, and the state
@@ -21,9 +24,10 @@ Math (per channel c, state n): ``a_t = dt_t A_n``, ``h_t = exp(a_t) h_{t-1} + dt
 ``dA = sum_t da_t dt_t``, ``ddt_t = (sum_n g_t B_t) u_t + sum_n da_t A_n``,
 ``du_t = (sum_n g_t B_t) dt_t + D dy_t``; softplus' derivative is the sigmoid.
 
-Public functions (registered as backend ``"triton"`` of ``torch.ops.vssm.selective_scan`` by
-kernels/selective_scan.py): :func:`forward`, :func:`backward`, and :func:`selective_scan_triton`, a
-differentiable convenience wrapper that goes through the shared custom op.
+Public functions: :func:`forward`, :func:`backward` (registered as backend ``"triton"`` of
+``torch.ops.vssm.selective_scan`` by kernels/selective_scan.py), :func:`scan2d_forward`, :func:`scan2d_backward`
+(the ``vssm::scan2d`` ops of kernels/scan2d.py), and :func:`selective_scan_triton`, a differentiable convenience
+wrapper that goes through the shared custom op.
 """
 from __future__ import annotations
 
@@ -32,9 +36,6 @@ import triton
 import triton.language as tl
 
 __all__ = ["forward", "backward", "scan2d_forward", "scan2d_backward", "selective_scan_triton", "pick_config"]
-
-_LOG2E = 1.4426950408889634
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Triton helpers
