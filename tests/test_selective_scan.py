@@ -212,3 +212,13 @@ def test_scan2d_bad_inputs():
         kernels.scan2d(torch.randn(1, 6, 3, 3), **ok, pattern=scans.build("group"))
     with pytest.raises(ValueError, match="backend"):
         kernels.scan2d(x, **ok, backend="cuda-please")
+    low = torch.randn(1, 4, 2, L)
+    with pytest.raises(ValueError, match=r"dt_proj must be \(K=4, C_k=4, R\)"):
+        kernels.scan2d(x, **{**ok, "delta": low}, dt_proj=torch.randn(4, 3, 2))
+    with pytest.raises(ValueError, match="delta is the low-rank"):
+        kernels.scan2d(x, **ok, dt_proj=torch.randn(4, 4, 2))
+    # the accepted form: low-rank (1, K, R, L) with (K, C_k, R) equals the projected delta
+    proj = torch.randn(4, 4, 2)
+    y = kernels.scan2d(x, **{**ok, "delta": low}, dt_proj=proj)
+    y_ref = kernels.scan2d(x, **{**ok, "delta": torch.einsum("bkrl,kdr->bkdl", low, proj).reshape(1, 16, L)})
+    assert torch.allclose(y, y_ref, atol=1e-5)
