@@ -1,6 +1,6 @@
 """Selective-scan operator shared by every vssm model: one entry point, several backends, and its fused
 form over a 2D map along a scan pattern."""
-from .scan2d import scan2d
+from .scan2d import project_step_sizes, scan2d
 from .selective_scan import list_backends, register_backend, resolve_backend, selective_scan
 
-__all__ = ["selective_scan", "scan2d", "register_backend", "list_backends", "resolve_backend"]
+__all__ = ["selective_scan", "scan2d", "project_step_sizes", "register_backend", "list_backends", "resolve_backend"]

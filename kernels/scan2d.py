@@ -21,13 +21,20 @@ import scans
 
 from .selective_scan import resolve_backend, selective_scan
 
-__all__ = ["scan2d"]
+__all__ = ["scan2d", "project_step_sizes"]
 
 
 @lru_cache(maxsize=256)
 def _index_on(pattern: scans.ScanPattern, H: int, W: int, device: torch.device) -> torch.Tensor:
     """The pattern's ``(K, L)`` index map as int32 on ``device`` (``scans.PAD`` = -1 kept)."""
     return pattern.index_map(H, W).to(device=device, dtype=torch.int32)
+
+
+def project_step_sizes(low: torch.Tensor, dt_proj: torch.Tensor) -> torch.Tensor:
+    """Step sizes ``(batch, K*C_k, L)`` from the low-rank dt ``(batch, K, R, L)`` and ``dt_proj (K, C_k, R)``
+    (what the fused kernels form internally), in ``low``'s dtype."""
+    batch, _, _, length = low.shape
+    return torch.einsum("bkrl,kdr->bkdl", low, dt_proj.to(low.dtype)).reshape(batch, -1, length)
 
 
 def _check(x, delta, A, B, C, pattern, dt_proj):
@@ -87,7 +94,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
                                            bool(delta_softplus), needs_grad, dt_proj)
         return y
     if dt_proj is not None:
-        delta = torch.einsum("bkrl,kdr->bkdl", delta, dt_proj.to(delta.dtype)).reshape(batch, width, -1)
+        delta = project_step_sizes(delta, dt_proj)
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
     ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

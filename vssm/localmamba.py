@@ -157,7 +157,12 @@ def _merge_index(pattern: scans.ScanPattern, directions: Tuple[str, ...], offici
     # slot of every position; padding slots all land in an extra column, dropped
     target = torch.where(positions == scans.PAD, H * W, positions)
     index = torch.full((K, H * W + 1), -1, dtype=torch.int64).scatter(1, target, torch.arange(L).expand(K, L))
-    return index[:, : H * W].to(device)
+    index = index[:, : H * W]
+    if not torch.compiler.is_compiling():  # eager (built once per size): every direction covers the map once
+        for k in range(K):
+            if int((positions[k] != scans.PAD).sum()) != H * W or bool((index[k] < 0).any()):
+                raise AssertionError(f"scan direction {directions[k]!r} does not cover the {H}x{W} map exactly once")
+    return index.to(device)
 
 
 class LocalSS2D(SS2D):
@@ -190,8 +195,8 @@ class LocalSS2D(SS2D):
         A, D, delta_bias = self.ssm_parameters()
         xs = self.scan.flatten(x)  # (B, K, d_seq, L)
         K, L = xs.shape[1], xs.shape[3]
-        delta = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight.to(dts.dtype)).reshape(batch, -1, L)
-        ys = kernels.selective_scan(xs.reshape(batch, K * self.d_seq, L), delta, A, Bs, Cs, D, delta_bias,
+        ys = kernels.selective_scan(xs.reshape(batch, K * self.d_seq, L),
+                                    kernels.project_step_sizes(dts, self.dt_projs_weight), A, Bs, Cs, D, delta_bias,
                                     backend=self.backend).float()
         index = self._merge_index(H, W, x.device)
         index = index[None, :, None, :].expand(batch, K, self.d_seq, H * W)
