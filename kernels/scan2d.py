@@ -31,10 +31,10 @@ def _index_on(pattern: scans.ScanPattern, H: int, W: int, device: torch.device) 
 
 
 def project_step_sizes(low: torch.Tensor, dt_proj: torch.Tensor) -> torch.Tensor:
-    """Step sizes ``(batch, K*C_k, L)`` from the low-rank dt ``(batch, K, R, L)`` and ``dt_proj (K, C_k, R)``
-    (what the fused kernels form internally), in ``low``'s dtype."""
+    """Step sizes ``(batch, K*C_k, L)`` from the low-rank dt ``(batch, K, R, L)`` and ``dt_proj (K, C_k, R)``,
+    in ``low``'s dtype: ``delta[b, k*C_k + d, l] = sum_r dt_proj[k, d, r] low[b, k, r, l]``."""
     batch, _, _, length = low.shape
-    return torch.einsum("bkrl,kdr->bkdl", low, dt_proj.to(low.dtype)).reshape(batch, -1, length)
+    return torch.matmul(dt_proj.to(low.dtype), low).reshape(batch, -1, length)
 
 
 def _check(x, delta, A, B, C, pattern, dt_proj):
@@ -74,7 +74,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
         D, delta_bias: ``(K*C_k,)`` or None.  pattern: a registered pattern name or a built ``ScanPattern``.
         backend: as :func:`kernels.selective_scan`; ``"triton"`` (``auto`` on CUDA) runs the fused kernel.
         dt_proj: ``(K, C_k, R)``: ``delta`` is then the low-rank ``(batch, K, R, L)`` and the step sizes are
-            ``einsum('bkrl,kdr->bkdl', delta, dt_proj)``, formed inside the kernel (never stored).
+            ``einsum('bkrl,kdr->bkdl', delta, dt_proj)``, formed inside the op and never saved for the backward.
 
     Returns:
         ``(batch, C, H, W)`` float32 (float64 for float64 input).
@@ -169,7 +169,9 @@ _scan2d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @register_flop_formula(torch.ops.vssm.scan2d)
-def _scan2d_flops(x_shape, delta_shape, A_shape, *args, out_shape=None, **kwargs) -> int:
-    """The selective scan's count (kernels/selective_scan.py) for the K sequences; gather/merge are moves."""
-    batch, channels, length = delta_shape
-    return 9 * batch * length * channels * A_shape[1] + batch * channels * length
+def _scan2d_flops(x_shape, delta_shape, A_shape, B_shape, *args, out_shape=None, **kwargs) -> int:
+    """The selective scan's count (kernels/selective_scan.py) for the K sequences, plus the step-size projection
+    with ``dt_proj`` (``delta`` is then the low-rank ``(batch, K, R, L)``); gather/merge are moves."""
+    batch, channels, length = x_shape[0], A_shape[0], B_shape[-1]
+    projection = 2 * batch * channels * delta_shape[2] * length if len(delta_shape) == 4 else 0
+    return 9 * batch * length * channels * A_shape[1] + batch * channels * length + projection

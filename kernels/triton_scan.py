@@ -3,8 +3,7 @@ the same kernels over a 2D map for :func:`kernels.scan2d`.
 
 Layout (all contiguous along L): ``u, delta (batch, G*D, L)``, ``A (G*D, N)``, ``B, C (batch, G, N, L)``,
 ``D, delta_bias (G*D,)``. For ``scan2d`` (GATHER) ``u`` and ``y`` are instead 2D maps read and accumulated
-through a scan pattern's index map (see "Addressing" below), and with DT_PROJ ``delta`` is formed inside the
-kernels from the low-rank dt ``(batch, G, R, L)`` and the projection ``(G*D, R)``.
+through a scan pattern's index map (see "Addressing" below).
 
 One program owns ``BLOCK_D`` channels of one (batch, group) and walks the sequence in chunks of ``BLOCK_L``
 steps; inside a chunk the recurrence is an associative scan over the pairs ``(decay, drive)``, and the state
@@ -171,66 +170,19 @@ def _positions(idx_ptr, g, offs_l, L, W_img, su_h, su_w, sy_h, sy_w, GATHER: tl.
 
 
 @triton.jit
-def _dot(a, b, like):
-    """``a @ b`` in float32 on the tensor cores (every side >= 16): 16-bit operands in ``like``'s dtype, as
-    autocast would run the product, IEEE float32 operands otherwise."""
-    if like.dtype == tl.float32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a.to(like.dtype), b.to(like.dtype))
-
-
-@triton.jit
-def _dt_low_tile(dtl_ptr, pid_bg, offs_l, R, L, RP: tl.constexpr):
-    """(RP, steps) tile of the low-rank dt ``(batch, G, R, L)`` of program (b, g); zero past R and outside L."""
-    r = tl.arange(0, RP)
-    inside = (offs_l >= 0) & (offs_l < L)
-    return tl.load(dtl_ptr + pid_bg.to(tl.int64) * R * L + r[:, None] * L + offs_l[None, :],
-                   mask=(r < R)[:, None] & inside[None, :], other=0.0)
-
-
-@triton.jit
-def _proj_tile(w_ptr, chan, mask_rows, R, RP: tl.constexpr):
-    """(rows, RP) rows ``chan`` of the dt projection ``W (G*D, R)``; zero past R."""
-    r = tl.arange(0, RP)
-    return tl.load(w_ptr + chan[:, None] * R + r[None, :], mask=mask_rows[:, None] & (r < R)[None, :], other=0.0)
-
-
-@triton.jit
-def _load_pre(delta_ptr, w_ptr, row_off, offs_l, mask2d, pid_bg, chan, mask_rows, R, L,
-              DT_PROJ: tl.constexpr, RP: tl.constexpr, DUPLICATE_ROWS: tl.constexpr):
-    """float32 delta (before bias and softplus) of a (rows, steps) tile: loaded from ``delta (batch, G*D, L)``, or
-    with DT_PROJ the rank-R product ``W[chan] . dtl[b, g, :, l]`` of the dt projection ``W (G*D, R)`` and the
-    low-rank ``dtl (batch, G, R, L)`` passed as ``delta_ptr`` (delta itself is never stored); ``RP``: R padded
-    to a power of two >= 16. Tiles of 16+ rows use the tensor cores, others (and ``DUPLICATE_ROWS``: rows of
-    (channel, state) pairs, N > 1) rank-1 updates. (A 3D broadcast-and-sum variant gave twice the right answer
-    in a GPU test of the N > 1 backward, H100 / Triton 3.6, where the interpreter was right; not used.)"""
-    if DT_PROJ:
-        if mask2d.shape[0] >= 16 and offs_l.shape[0] >= 16 and not DUPLICATE_ROWS:
-            t = _dt_low_tile(delta_ptr, pid_bg, offs_l, R, L, RP)
-            acc = _dot(_proj_tile(w_ptr, chan, mask_rows, R, RP), t, t)
-        else:  # rows of a (channel, state) tile: one rank-1 update per r
-            inside = (offs_l >= 0) & (offs_l < L)
-            base = pid_bg.to(tl.int64) * R * L
-            acc = mask2d.to(tl.float32) * 0.0
-            for r in range(0, R):
-                w = tl.load(w_ptr + chan * R + r, mask=mask_rows, other=0.0).to(tl.float32)
-                t = tl.load(delta_ptr + base + r * L + offs_l, mask=inside, other=0.0).to(tl.float32)
-                acc += w[:, None] * t[None, :]
-        return tl.where(mask2d, acc, 0.0)
-    else:
-        return tl.load(delta_ptr + row_off[:, None] + offs_l[None, :], mask=mask2d, other=0.0).to(tl.float32)
+def _load_delta(delta_ptr, row_off, offs_l, mask2d):
+    """float32 delta (before bias and softplus) of a (rows, steps) tile of ``delta (batch, G*D, L)``."""
+    return tl.load(delta_ptr + row_off[:, None] + offs_l[None, :], mask=mask2d, other=0.0).to(tl.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr, state_ptr, w_ptr,
-                L, DG, G, N, NCHUNK, R, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
+def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr, state_ptr,
+                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, STORE_STATES: tl.constexpr,
-                STATE_CHUNK: tl.constexpr, DT_PROJ: tl.constexpr, RP: tl.constexpr,
-                NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+                STATE_CHUNK: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     g = pid_bg % G
     n, mask_r, chan, seq, row_off, bc_off, mask_c, chan_off = _tile(
@@ -254,8 +206,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
     upos, ypos_nx, valid_nx = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
     m = mask_r[:, None] & (ar < L)[None, :]
     u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :], other=0.0)
-    d_nx = _load_pre(delta_ptr, w_ptr, row_off, ar, m, pid_bg, chan, mask_r, R, L,
-                     DT_PROJ, RP, NP > 1)
+    d_nx = _load_delta(delta_ptr, row_off, ar, m)
     b_nx = tl.load(b_ptrs, mask=m, other=0.0)
     c_nx = tl.load(c_ptrs, mask=m, other=0.0)
     h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
@@ -278,8 +229,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
                                              GATHER)
         u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid_nx[None, :],
                        other=0.0)
-        d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 + BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L,
-                         DT_PROJ, RP, NP > 1)
+        d_nx = _load_delta(delta_ptr, row_off, (l0 + BLOCK_L) + ar, m)
         b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         c_nx = tl.load(c_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
         _dt, _alpha, _x, _xB, sa, sb = _chunk_scan(pre, u, Bt, A2, mask2, SOFTPLUS)
@@ -302,11 +252,10 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
 # Backward
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr, w_ptr,
-                du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr, dw_ptr,
-                L, DG, G, N, NCHUNK, R, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
+def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr,
+                du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
+                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, HAVE_STATES: tl.constexpr,
-                DT_PROJ: tl.constexpr, RP: tl.constexpr,
                 REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
@@ -333,8 +282,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
         m = mask_r[:, None] & (ar < L)[None, :]
         upos, _yp, valid = _positions(idx_ptr, g, ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
         u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :], other=0.0)
-        d_nx = _load_pre(delta_ptr, w_ptr, row_off, ar, m, pid_bg, chan, mask_r, R, L,
-                         DT_PROJ, RP, NP > 1)
+        d_nx = _load_delta(delta_ptr, row_off, ar, m)
         b_nx = tl.load(b_ptrs, mask=m, other=0.0)
         h = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
         for c in range(0, NCHUNK):
@@ -349,15 +297,13 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
                 upos, _yp, valid = _positions(idx_ptr, g, l0 + BLOCK_L + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
                 u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
                                other=0.0)
-                d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 + BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L,
-                                 DT_PROJ, RP, NP > 1)
+                d_nx = _load_delta(delta_ptr, row_off, (l0 + BLOCK_L) + ar, m)
                 b_nx = tl.load(b_ptrs + (l0 + BLOCK_L), mask=m, other=0.0)
             else:
                 upos, _yp, valid = _positions(idx_ptr, g, l0 + ar, L, W_img, su_h, su_w, sy_h, sy_w, GATHER)
                 u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mask_r[:, None] & valid[None, :],
                             other=0.0).to(tl.float32)
-                pre = _load_pre(delta_ptr, w_ptr, row_off, l0 + ar, mask2, pid_bg, chan, mask_r, R, L,
-                                DT_PROJ, RP, NP > 1) + bias[:, None]
+                pre = _load_delta(delta_ptr, row_off, l0 + ar, mask2) + bias[:, None]
                 Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             _dt, _alpha, _x, _xB, sa, sb = _chunk_scan(pre, u, Bt, A2, mask2, SOFTPLUS)
             h = tl.sum(tl.where(last, sb + sa * h[:, None], 0.0), axis=1)
@@ -371,25 +317,16 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     mv = mask_r[:, None] & valid[None, :]
     u_nx = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0)
     dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0)
-    d_nx = _load_pre(delta_ptr, w_ptr, row_off, l_last + ar, m, pid_bg, chan, mask_r, R, L,
-                     DT_PROJ, RP, NP > 1)
+    d_nx = _load_delta(delta_ptr, row_off, l_last + ar, m)
     b_nx = tl.load(b_ptrs + l_last, mask=m, other=0.0)
     c_nx = tl.load(cc_ptrs + l_last, mask=m, other=0.0)
     q = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)  # alpha_s g_s at the start s of the later chunk
     dA_acc = tl.zeros((BLOCK_D * NP,), dtype=tl.float32)
-    if NP == 1:  # channel-level rows of the dt projection
-        w_rows = chan
-        w_mask = mask_r
-    else:
-        w_rows = chan_c
-        w_mask = mask_c
-    dw_acc = tl.zeros((BLOCK_D, RP), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     n_idx = tl.arange(0, NP)
     bc_rows = (pid_bg.to(tl.int64) * N + n_idx) * L
     dbc_slab = tl.program_id(0).to(tl.int64) * tl.num_programs(1) * N * L
-    dlow_slab = tl.program_id(0).to(tl.int64) * tl.num_programs(1) * R * L  # DT_PROJ: d(low-rank dt) slabs
     if NP > 1:
         u_row_c = _rows(pid_bg, G, DG, dd, su_b, su_c, GATHER, SPLIT)
         dy_row_c = _rows(pid_bg, G, DG, dd, sy_b, sy_c, GATHER, SPLIT)
@@ -415,16 +352,14 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             mv = mask_r[:, None] & valid_p[None, :]
             u_nx = tl.load(u_ptr + u_row[:, None] + upos_p[None, :], mask=mv, other=0.0)
             dy_nx = tl.load(dy_ptr + dy_row[:, None] + ypos_p[None, :], mask=mv, other=0.0)
-            d_nx = _load_pre(delta_ptr, w_ptr, row_off, (l0 - BLOCK_L) + ar, m, pid_bg, chan, mask_r, R, L,
-                             DT_PROJ, RP, NP > 1)
+            d_nx = _load_delta(delta_ptr, row_off, (l0 - BLOCK_L) + ar, m)
             b_nx = tl.load(b_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
             c_nx = tl.load(cc_ptrs + (l0 - BLOCK_L), mask=m, other=0.0)
         else:
             mv = mask_r[:, None] & valid[None, :]
             u = tl.load(u_ptr + u_row[:, None] + upos[None, :], mask=mv, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + dy_row[:, None] + ypos[None, :], mask=mv, other=0.0).to(tl.float32)
-            pre = _load_pre(delta_ptr, w_ptr, row_off, l0 + ar, mask2, pid_bg, chan, mask_r, R, L,
-                            DT_PROJ, RP, NP > 1) + bias[:, None]
+            pre = _load_delta(delta_ptr, row_off, l0 + ar, mask2) + bias[:, None]
             Bt = tl.load(b_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
             Ct = tl.load(cc_ptrs + l0, mask=mask2, other=0.0).to(tl.float32)
 
@@ -460,8 +395,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
             mv_c = mask_c[:, None] & valid[None, :]
             u_c = tl.load(u_ptr + u_row_c[:, None] + upos[None, :], mask=mv_c, other=0.0).to(tl.float32)
             dy_c = tl.load(dy_ptr + dy_row_c[:, None] + ypos[None, :], mask=mv_c, other=0.0).to(tl.float32)
-            pre_c = _load_pre(delta_ptr, w_ptr, chan_off, offs_l, mask_cl, pid_bg, chan_c, mask_c, R, L,
-                              DT_PROJ, RP, NP > 1) + bias_c[:, None]
+            pre_c = _load_delta(delta_ptr, chan_off, offs_l, mask_cl) + bias_c[:, None]
             dt_c = _step_size(pre_c, mask_cl, SOFTPLUS)
             seq_off = chan_off
             du_row = u_row_c
@@ -474,26 +408,8 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
         ddelta = tl.where(mask_cl, ddelta, 0.0)
         dD_acc += tl.sum(dy_c * u_c, axis=1)
         dbias_acc += tl.sum(ddelta, axis=1)
-        if DT_PROJ:  # gradients of the low-rank dt (per block of channels) and of the projection
-            r_idx = tl.arange(0, RP)
-            dlow_rows = ddelta_ptr + dlow_slab + pid_bg.to(tl.int64) * R * L
-            if BLOCK_D >= 16 and NP == 1:  # tensor cores
-                t = _dt_low_tile(delta_ptr, pid_bg, offs_l, R, L, RP)
-                d_low = _dot(tl.trans(_proj_tile(w_ptr, w_rows, w_mask, R, RP)), ddelta, t)  # (RP, steps)
-                tl.store(dlow_rows + r_idx[:, None] * L + offs_l[None, :], d_low,
-                         mask=(r_idx < R)[:, None] & mask_l[None, :])
-                dw_acc += _dot(ddelta, tl.trans(t), t)  # (rows, RP)
-            else:  # one r at a time
-                for r in range(0, R):
-                    w_r = tl.load(w_ptr + w_rows * R + r, mask=w_mask, other=0.0).to(tl.float32)
-                    t_r = tl.load(delta_ptr + pid_bg.to(tl.int64) * R * L + r * L + offs_l, mask=mask_l,
-                                  other=0.0).to(tl.float32)
-                    tl.store(dlow_rows + r * L + offs_l, tl.sum(w_r[:, None] * ddelta, axis=0), mask=mask_l)
-                    dw_col = tl.sum(ddelta * t_r[None, :], axis=1)
-                    dw_acc += tl.where(r_idx[None, :] == r, dw_col[:, None], 0.0)
-        else:
-            tl.store(ddelta_ptr + seq_off[:, None] + offs_l[None, :], ddelta.to(ddelta_ptr.dtype.element_ty),
-                     mask=mask_cl)
+        tl.store(ddelta_ptr + seq_off[:, None] + offs_l[None, :], ddelta.to(ddelta_ptr.dtype.element_ty),
+                 mask=mask_cl)
         du_ptrs = du_ptr + du_row[:, None] + upos[None, :]
         du_mask = mask_cl & valid[None, :]
         if GATHER:
@@ -513,10 +429,6 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     # per-batch partial sums, reduced over the batch by the caller
     tl.store(dA_ptr + seq * N + n, dA_acc, mask=mask_r)
     seq_c = (pid_bg - g) * DG + chan_c
-    if DT_PROJ:  # per-batch partial sums of dW (batch, G*D, R)
-        r_idx = tl.arange(0, RP)
-        tl.store(dw_ptr + seq_c.to(tl.int64)[:, None] * R + r_idx[None, :], dw_acc,
-                 mask=mask_c[:, None] & (r_idx < R)[None, :])
     tl.store(dD_ptr + seq_c, dD_acc, mask=mask_c)
     tl.store(dbias_ptr + seq_c, dbias_acc, mask=mask_c)
 
@@ -572,16 +484,11 @@ def states_shape(batch, channels, n_state, length, channels_per_group) -> tuple:
     return batch * channels, _n_chunks(length, chunk), triton.next_power_of_2(n_state)
 
 
-def _rank_pad(dt_proj):
-    """The dt rank padded to a power of two >= 16 (the smallest tensor-core operand side); 1 without DT_PROJ."""
-    return 1 if dt_proj is None else max(16, triton.next_power_of_2(dt_proj.shape[1]))
-
-
 def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True,
-                    states=None, dt_proj=None):
+                    states=None):
     """Run the forward kernel. ``index`` None: u / y in the 1D layout; else u / y are 2D maps read / accumulated
     through the ``(K, L)`` index map (``width`` = W of the map). ``states`` (see :func:`states_shape`): also
-    store the state at every chunk start. ``dt_proj (G*D, R)``: ``delta`` is the low-rank ``(batch, G, R, L)``."""
+    store the state at every chunk start."""
     batch, groups, n_state, length = B.shape
     dg = A.shape[0] // groups
     cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
@@ -589,20 +496,18 @@ def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=N
     grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
     su, sy = (u.stride(), y.stride()) if index is not None else (_seq_strides(u), _seq_strides(y))
     _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, u if index is None else index,
-                      u if states is None else states, u if dt_proj is None else dt_proj,
-                      length, dg, groups, n_state, _n_chunks(length, chunk),
-                      0 if dt_proj is None else dt_proj.shape[1], width, *su, *sy,
+                      u if states is None else states,
+                      length, dg, groups, n_state, _n_chunks(length, chunk), width, *su, *sy,
                       SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                      STORE_STATES=states is not None, STATE_CHUNK=chunk, DT_PROJ=dt_proj is not None,
-                      RP=_rank_pad(dt_proj),
+                      STORE_STATES=states is not None, STATE_CHUNK=chunk,
                       NP=triton.next_power_of_2(n_state),
                       BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
 
 
 def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplus, index=None, width=1,
-                     split=True, states=None, dt_proj=None):
+                     split=True, states=None):
     """Run the backward kernel; writes (accumulates, with ``index``) ``du`` and returns the other gradients
-    ``(ddelta, dA, dB, dC, dD, ddelta_bias)``, with ``dt_proj`` ``(d low-rank dt, dA, ..., ddt_proj)``.
+    ``(ddelta, dA, dB, dC, dD, ddelta_bias)``.
     ``states``: the forward's chunk-start states; without them the kernel recomputes them first."""
     batch, groups, n_state, length = B.shape
     channels = A.shape[0]
@@ -616,12 +521,7 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
     n_chunks = _n_chunks(length, cfg["BLOCK_L"])
     f32 = dict(device=delta.device, dtype=torch.float32)
     d_blocks = triton.cdiv(dg, cfg["BLOCK_D"])
-    if dt_proj is None:
-        ddelta = delta.new_empty(batch, channels, length)
-        dw_part = None
-    else:  # per channel-block partial sums of the low-rank gradient, per-batch ones of the projection's
-        ddelta = torch.empty(d_blocks, *delta.shape, **f32)
-        dw_part = torch.zeros(batch, *dt_proj.shape, **f32)
+    ddelta = delta.new_empty(batch, channels, length)
     dB = torch.empty(d_blocks, *B.shape, **f32)  # per channel-block partial sums
     dC = torch.empty(d_blocks, *C.shape, **f32)
     dA_part = torch.empty(batch, channels, n_state, **f32)
@@ -636,20 +536,14 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
         su, sy = (u.stride(), grad_y.stride()) if index is not None else (_seq_strides(u), _seq_strides(grad_y))
         grid = (d_blocks, batch * groups)
         _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y, u if index is None else index,
-                          u if dt_proj is None else dt_proj,
-                          du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states, u if dw_part is None else dw_part,
-                          length, dg, groups, n_state, n_chunks, 0 if dt_proj is None else dt_proj.shape[1],
-                          width, *su, *sy,
+                          du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
+                          length, dg, groups, n_state, n_chunks, width, *su, *sy,
                           SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                          HAVE_STATES=have_states, DT_PROJ=dt_proj is not None, RP=_rank_pad(dt_proj),
-                          REVERSE_BY_FLIP=reverse_by_flip,
+                          HAVE_STATES=have_states, REVERSE_BY_FLIP=reverse_by_flip,
                           PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
                           num_warps=cfg["num_warps"])
-    grads = (dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
-             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
-    if dt_proj is None:
-        return (ddelta, *grads)
-    return (ddelta.sum(0).to(delta.dtype), *grads, dw_part.sum(0).to(dt_proj.dtype))
+    return (ddelta, dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
+            dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
 
 
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
@@ -688,13 +582,16 @@ def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplu
     """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`kernels.scan2d`).
 
     ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding); ``delta``
-    ``(batch, K*C_k, L)``, or with ``dt_proj (K, C_k, R)`` the low-rank ``(batch, K, R, L)`` it projects.
+    ``(batch, K*C_k, L)``, or with ``dt_proj (K, C_k, R)`` the low-rank ``(batch, K, R, L)`` it projects (the
+    projected step sizes exist only during the call: a ``(batch, K*C_k, L)`` product on the tensor cores costs
+    less than forming them inside the scan, and nothing of that size is kept for the backward).
     Returns the float32 ``(batch, C, H, W)`` sum of the K outputs at their positions (channels-last in memory)
     and the chunk-start states for :func:`scan2d_backward` (an empty tensor unless ``save_states``)."""
+    from .scan2d import project_step_sizes
     x = _dense(x)
-    delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
     if dt_proj is not None:
-        dt_proj = dt_proj.reshape(A.shape[0], -1).contiguous()
+        delta = project_step_sizes(delta, dt_proj)
+    delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
     batch, channels, H, W = x.shape
     groups, n_state, length = B.shape[1:]
     width = A.shape[0]
@@ -703,26 +600,32 @@ def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplu
     states = torch.empty(shape, device=x.device, dtype=torch.float32)
     if batch * width * length:
         _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split,
-                        states=states if save_states else None, dt_proj=dt_proj)
+                        states=states if save_states else None)
     return y, states
 
 
 def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, states=None,
                     dt_proj=None):
     """Gradients of :func:`scan2d_forward`: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)``, plus ``ddt_proj``
-    with ``dt_proj`` (then ``ddelta`` is the gradient of the low-rank input). ``states``: the ones the forward
-    saved (else recomputed)."""
+    with ``dt_proj`` (then ``ddelta`` is the gradient of the low-rank input, and the step sizes are projected
+    again here). ``states``: the ones the forward saved (else recomputed)."""
+    from .scan2d import project_step_sizes
     x = _dense(x)
+    low = delta
+    if dt_proj is not None:
+        delta = project_step_sizes(low, dt_proj)
     delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
-    w = None if dt_proj is None else dt_proj.reshape(A.shape[0], -1).contiguous()
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
     dx = torch.zeros_like(x, dtype=torch.float32)
-    grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus, index=index,
-                             width=x.shape[3], split=split,
-                             states=states if states is not None and states.numel() else None, dt_proj=w)
-    if dt_proj is not None:
-        grads = (*grads[:-1], grads[-1].view(dt_proj.shape))
-    return (dx.to(x.dtype), *grads)
+    ddelta, *grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus, index=index,
+                                      width=x.shape[3], split=split,
+                                      states=states if states is not None and states.numel() else None)
+    if dt_proj is None:
+        return (dx.to(x.dtype), ddelta, *grads)
+    ddelta = ddelta.view(*low.shape[:2], dt_proj.shape[1], -1)  # (batch, K, C_k, L)
+    d_low = torch.matmul(dt_proj.transpose(1, 2).to(ddelta.dtype), ddelta)  # (batch, K, R, L)
+    d_proj = torch.matmul(ddelta, low.transpose(2, 3).to(ddelta.dtype)).float().sum(0)  # per-batch, summed
+    return (dx.to(x.dtype), d_low.to(low.dtype), *grads, d_proj.to(dt_proj.dtype))
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):

@@ -304,18 +304,17 @@ def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
 
 
 @kernel_test
-@pytest.mark.parametrize("name,channels,H,W,n,rank,block_d", [
-    ("cross", 3, 4, 5, 1, 3, 2), ("group", 8, 3, 5, 3, 2, 2), ("atrous", 3, 5, 3, 1, 2, 2),
-    ("cross", 16, 4, 5, 1, 3, 16),  # 16-row tiles: the projection runs as a tensor-core dot
+@pytest.mark.parametrize("name,channels,H,W,n,rank", [
+    ("cross", 3, 4, 5, 1, 3), ("group", 8, 3, 5, 3, 2), ("atrous", 3, 5, 3, 1, 2),
 ] if not CUDA else [
-    ("cross", 96, 56, 56, 1, 6, None), ("group", 64, 28, 28, 16, 4, None), ("atrous", 48, 27, 33, 1, 3, None),
-    ("cross", 384, 14, 14, 1, 24, None)])
-def test_scan2d_with_dt_projection_inside_the_kernel(triton_scan, name, channels, H, W, n, rank, block_d):
-    """dt_proj (K, C_k, R) and the low-rank dt (batch, K, R, L): delta is formed in the kernel; gradients of both."""
+    ("cross", 96, 56, 56, 1, 6), ("group", 64, 28, 28, 16, 4), ("atrous", 48, 27, 33, 1, 3),
+    ("cross", 384, 14, 14, 1, 24)])
+def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
+    """dt_proj (K, C_k, R) and the low-rank dt (batch, K, R, L): delta is projected in the op; gradients of both."""
     import scans
     from kernels.scan2d import _index_on
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=block_d, BLOCK_L=8 if block_d < 16 else 16, num_warps=1)
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name)
     batch = 2
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
@@ -406,6 +405,31 @@ def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan):
     bwd_args = (grad_y, inputs["x"], low, *list(inputs.values())[2:], index, states, False, True, proj)
     torch.library.opcheck(torch.ops.vssm.scan2d_backward.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@kernel_test
+def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan):
+    """FlopCounterMode sees the fused op: the selective scan's count for K*C_k channels, plus 2*R per step size
+    when the op projects the low-rank dt."""
+    import scans
+    from torch.utils.flop_counter import FlopCounterMode
+    from kernels.scan2d import _index_on
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build("cross")
+    batch, channels, H, W, n, rank = 2, 3, 4, 5, 2, 3
+    inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
+    K, L = pattern.K, H * W
+    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    scan_flops = 9 * batch * L * K * channels * n + batch * K * channels * L
+    low = torch.randn(batch, K, rank, L, device=DEVICE)
+    proj = torch.randn(K, channels, rank, device=DEVICE)
+    for delta, dt_proj, expected in ((inputs["delta"], None, scan_flops),
+                                     (low, proj, scan_flops + 2 * batch * K * channels * rank * L)):
+        args = (inputs["x"], delta, *list(inputs.values())[2:], index, False, True, False, dt_proj)
+        with FlopCounterMode(display=False) as counter:
+            torch.ops.vssm.scan2d(*args)
+        assert counter.get_total_flops() == expected
 
 
 @cuda_only

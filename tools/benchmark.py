@@ -218,14 +218,19 @@ def bench_scan2d(args):
     def rnd(*shape, scale=1.0):
         return torch.randn(*shape, device="cuda", generator=g) * scale
 
+    R = args.dt_rank
     x = rnd(b, H, W, C).to(dtype).permute(0, 3, 1, 2)  # channels-last, as SS2D produces it
-    inputs = dict(x=x, delta=rnd(b, K * ck, L, scale=0.5).to(dtype), A=-torch.rand(K * ck, n, device="cuda") - 0.01,
+    # with --dt-rank R, delta is the low-rank (b, K, R, L) that dt_proj (K, C_k, R) maps to the step sizes
+    delta = rnd(b, K, R, L, scale=0.5) if R else rnd(b, K * ck, L, scale=0.5)
+    inputs = dict(x=x, delta=delta.to(dtype), A=-torch.rand(K * ck, n, device="cuda") - 0.01,
                   B=rnd(b, K, n, L).to(dtype), C=rnd(b, K, n, L).to(dtype), D=rnd(K * ck),
                   delta_bias=rnd(K * ck, scale=0.5))
+    if R:
+        inputs["dt_proj"] = rnd(K, ck, R, scale=R ** -0.5)
     for v in inputs.values():
         v.requires_grad_(True)
     es = x.element_size()
-    io = (b * C * H * W + b * K * ck * L) * es + 2 * b * K * n * L * es  # x, delta, B, C
+    io = (b * C * H * W + inputs["delta"].numel()) * es + 2 * b * K * n * L * es  # x, delta, B, C
     fwd_bytes = io + b * C * H * W * 4
     bwd_bytes = 2 * io + b * C * H * W * 4  # read inputs + dy (fp32), write their gradients
     grad_y = torch.randn(b, C, H, W, device="cuda")
@@ -236,16 +241,20 @@ def bench_scan2d(args):
         vals = [v.detach() for v in inputs.values()]
         saved = {}  # chunk length -> the forward's states (the backward keeps the forward's chunks)
 
+        vals, proj = vals[:7], (vals[7] if R else None)
+
+        def fwd():
+            return ts.scan2d_forward(*vals, index, pattern.split_channels, True, True, proj)
+
         def bwd():
             chunk = ts.state_chunk(n, L, ck)
             if chunk not in saved:
-                saved[chunk] = ts.scan2d_forward(*vals, index, pattern.split_channels, True, True)[1]
-            return ts.scan2d_backward(grad_y, *vals, index, pattern.split_channels, True, saved[chunk])
+                saved[chunk] = fwd()[1]
+            return ts.scan2d_backward(grad_y, *vals, index, pattern.split_channels, True, saved[chunk], proj)
 
-        sweep_configs(args, lambda: ts.scan2d_forward(*vals, index, pattern.split_channels, True, True), bwd,
-                      fwd_bytes, bwd_bytes, n)
-    print(f"scan2d: pattern {args.pattern} (K {K}), batch {b}, {C} channels, {H}x{W} (L {L}), N {n}, {args.dtype}; "
-          f"HBM {hbm:.0f} GB/s")
+        sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n)
+    print(f"scan2d: pattern {args.pattern} (K {K}), batch {b}, {C} channels, {H}x{W} (L {L}), N {n}, "
+          f"{f'dt rank {R} (projected in the op), ' if R else ''}{args.dtype}; HBM {hbm:.0f} GB/s")
 
     def fused(backend):
         return lambda: kernels.scan2d(**inputs, pattern=pattern, backend=backend)
@@ -253,7 +262,8 @@ def bench_scan2d(args):
     def unfused(backend):
         def run():
             xs = pattern.flatten(inputs["x"])
-            ys = kernels.selective_scan(xs.reshape(b, K * ck, L), inputs["delta"], inputs["A"], inputs["B"],
+            delta = kernels.project_step_sizes(inputs["delta"], inputs["dt_proj"]) if R else inputs["delta"]
+            ys = kernels.selective_scan(xs.reshape(b, K * ck, L), delta, inputs["A"], inputs["B"],
                                         inputs["C"], inputs["D"], inputs["delta_bias"], backend=backend)
             return pattern.merge(ys.view(xs.shape).float(), (H, W))
         return run
@@ -319,6 +329,17 @@ def bench_model(args):
     return rows
 
 
+def _print_profile(fn, title, rows):
+    """Torch-profiler table of the CUDA kernels of 3 calls of ``fn``, the ``rows`` costliest."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+    print(title)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+
+
 def _bench_one_model(name, backend, compiled, args):
     import timm
     model = timm.create_model(name, scan_backend=backend).cuda().to(memory_format=torch.channels_last)
@@ -332,6 +353,9 @@ def _bench_one_model(name, backend, compiled, args):
             return run(x)
 
     t_inf = _time_cuda(infer, args.iters, args.warmup_iters)
+    label = f"{name} {backend}{' +compile' if compiled else ''}"
+    if args.profile:
+        _print_profile(infer, f"{label}: CUDA time of 3 inference passes by kernel", args.profile)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -352,13 +376,7 @@ def _bench_one_model(name, backend, compiled, args):
     t_train = _time_cuda(train_step, args.iters, args.warmup_iters)
     peak = torch.cuda.max_memory_allocated() / 2**30
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                train_step()
-            torch.cuda.synchronize()
-        print(f"{name} {backend}{' +compile' if compiled else ''}: CUDA time of 3 training steps by kernel")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.profile, max_name_column_width=70))
+        _print_profile(train_step, f"{label}: CUDA time of 3 training steps by kernel", args.profile)
     return args.batch / t_inf * 1e3, args.batch / t_train * 1e3, peak
 
 
@@ -387,6 +405,8 @@ def main(argv=None):
     s2.add_argument("--channels", type=int, default=96)
     s2.add_argument("--size", type=int, default=56, help="H = W of the map")
     s2.add_argument("--state", type=int, default=1)
+    s2.add_argument("--dt-rank", type=int, default=0,
+                    help="R > 0: delta is low-rank (batch, K, R, L), projected inside the op (dt_proj)")
     s2.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     s2.add_argument("--backends", default="chunked", help="PyTorch backends for unfused baseline rows")
     s2.add_argument("--hbm-gbs", type=float, default=None)
@@ -405,7 +425,7 @@ def main(argv=None):
     m.add_argument("--warmup-iters", type=int, default=3)
     m.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     m.add_argument("--profile", type=int, default=0, metavar="K",
-                   help="also print the K CUDA kernels that take the most time in a training step")
+                   help="also print the K CUDA kernels that take the most time in 3 inference passes and 3 training steps")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark needs a CUDA device")

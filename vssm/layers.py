@@ -274,9 +274,9 @@ class SS2D(nn.Module):
 
     def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
         """Selective scan of the K sequences of ``x (B, d_inner, H, W)``, outputs summed at their positions:
-        ``(B, d_inner, H, W)`` float32. One fused :func:`kernels.scan2d`, which also forms the step sizes from
-        the low-rank ``dts`` (no ``(B, K*d_seq, L)`` delta tensor). Subclasses with another fusion of the K
-        directions override this."""
+        ``(B, d_inner, H, W)`` float32. One fused :func:`kernels.scan2d`, which also projects the low-rank ``dts``
+        to the step sizes (no ``(B, K*d_seq, L)`` delta tensor is saved for the backward). Subclasses with
+        another fusion of the K directions override this."""
         A, D, delta_bias = self.ssm_parameters()
         return kernels.scan2d(x, dts, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend,
                               dt_proj=self.dt_projs_weight)
