@@ -64,7 +64,8 @@ def _check(x, delta, A, B, C, pattern, dt_proj):
 def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
            D: torch.Tensor = None, delta_bias: torch.Tensor = None,
            pattern: Union[str, "scans.ScanPattern"] = "cross", delta_softplus: bool = True,
-           backend: str = "auto", dt_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
+           backend: str = "auto", dt_proj: Optional[torch.Tensor] = None,
+           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Selective scan of a 2D map along ``pattern``, outputs of the K sequences summed at their positions.
 
     Args:
@@ -75,9 +76,11 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
         backend: as :func:`kernels.selective_scan`; ``"triton"`` (``auto`` on CUDA) runs the fused kernel.
         dt_proj: ``(K, C_k, R)``: ``delta`` is then the low-rank ``(batch, K, R, L)`` and the step sizes are
             ``einsum('bkrl,kdr->bkdl', delta, dt_proj)``, formed inside the op and never saved for the backward.
+        out_dtype: dtype of the result (the K outputs are summed in float32 and rounded once); default float32
+            (float64 for float64 input). A 16-bit result halves what a following layer saves for its backward.
 
     Returns:
-        ``(batch, C, H, W)`` float32 (float64 for float64 input).
+        ``(batch, C, H, W)`` in ``out_dtype``, channels-last in memory on the triton backend.
     """
     pattern = scans.build(pattern) if isinstance(pattern, str) else pattern
     _check(x, delta, A, B, C, pattern, dt_proj)
@@ -86,19 +89,21 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     D = x.new_zeros(width, dtype=A.dtype) if D is None else D
     delta_bias = x.new_zeros(width, dtype=A.dtype) if delta_bias is None else delta_bias
     name = resolve_backend(backend, x.device)
+    if out_dtype is None:
+        out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if name == "triton" and x.dtype != torch.float64:
         index = _index_on(pattern, H, W, x.device)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, dt_proj))
         y, _states = torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,
-                                           bool(delta_softplus), needs_grad, dt_proj)
+                                           bool(delta_softplus), needs_grad, dt_proj, out_dtype)
         return y
     if dt_proj is not None:
         delta = project_step_sizes(delta, dt_proj)
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
     ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
-    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return pattern.merge(ys.view(xs.shape).to(out_dtype), (H, W))
+    merged = pattern.merge(ys.view(xs.shape).to(torch.float64 if x.dtype == torch.float64 else torch.float32), (H, W))
+    return merged.to(out_dtype)
 
 
 # ---- the fused op ---------------------------------------------------------------------------------------
@@ -106,20 +111,21 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
 @torch.library.custom_op("vssm::scan2d", mutates_args=())
 def _scan2d_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
-               delta_softplus: bool, save_states: bool,
-               dt_proj: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, states)``: the summed output and, with ``save_states``, the chunk-start states of the scan that
-    the backward reuses instead of recomputing them (an empty tensor otherwise)."""
+               delta_softplus: bool, save_states: bool, dt_proj: Optional[torch.Tensor],
+               out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, states)``: the summed output in ``out_dtype`` and, with ``save_states``, the chunk-start states of
+    the scan that the backward reuses instead of recomputing them (an empty tensor otherwise)."""
     from . import triton_scan
-    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states,
-                                      dt_proj)
+    y, states = triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus,
+                                           save_states, dt_proj)
+    return y.to(out_dtype), states
 
 
 @_scan2d_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states, dt_proj):
+def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states, dt_proj, out_dtype):
     from . import triton_scan
     batch, channels, H, W = x.shape
-    y = x.new_empty(batch, H, W, channels, dtype=torch.float32).permute(0, 3, 1, 2)
+    y = x.new_empty(batch, H, W, channels, dtype=out_dtype).permute(0, 3, 1, 2)
     groups, n_state, length = B.shape[1:]
     width = A.shape[0]
     shape = triton_scan.states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
@@ -152,7 +158,7 @@ def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_soft
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, index, split, delta_softplus, _save_states, dt_proj = inputs
+    *tensors, index, split, delta_softplus, _save_states, dt_proj, _out_dtype = inputs
     ctx.save_for_backward(*tensors, index, output[1], dt_proj)
     ctx.split = split
     ctx.delta_softplus = delta_softplus
@@ -162,7 +168,7 @@ def _backward(ctx, grad_y, _grad_states):
     *tensors, index, states, dt_proj = ctx.saved_tensors
     *grads, d_proj = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, states, ctx.split,
                                                     ctx.delta_softplus, dt_proj)
-    return (*grads, None, None, None, None, d_proj if dt_proj is not None else None)
+    return (*grads, None, None, None, None, d_proj if dt_proj is not None else None, None)
 
 
 _scan2d_op.register_autograd(_backward, setup_context=_setup_context)

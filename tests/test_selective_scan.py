@@ -189,6 +189,9 @@ def test_scan2d_equals_flatten_scan_merge(name, options, H, W):
     assert y.dtype == torch.float64 and torch.allclose(y, y_ref, atol=1e-10)
     y32 = kernels.scan2d(*(t.float() for t in (x, delta, A, B, C, D, bias)), pattern=name if not options else pattern)
     assert y32.dtype == torch.float32 and torch.allclose(y32.double(), y_ref, atol=1e-4)
+    y16 = kernels.scan2d(*(t.float() for t in (x, delta, A, B, C, D, bias)), pattern=pattern,
+                         out_dtype=torch.bfloat16)  # the float32 sum, rounded once
+    assert y16.dtype == torch.bfloat16 and torch.equal(y16, y32.to(torch.bfloat16))
 
 
 def test_scan2d_bad_inputs():

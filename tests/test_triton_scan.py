@@ -379,9 +379,33 @@ def test_scan2d_op_autograd_and_compile(triton_scan):
     index = _index_on(pattern, 4, 5, torch.device(DEVICE))
 
     def step(*args):
-        return (torch.ops.vssm.scan2d(*args, index, False, True, True, None)[0] ** 2).sum()
+        return (torch.ops.vssm.scan2d(*args, index, False, True, True, None, torch.float32)[0] ** 2).sum()
 
     assert_compiled_matches_eager(step, inputs)
+
+
+@kernel_test
+def test_scan2d_op_16bit_output(triton_scan):
+    """out_dtype bfloat16: the float32 sum of the K outputs rounded once, channels-last; the backward takes the
+    bfloat16 gradient and gives what the float32 op gives for that gradient."""
+    import scans
+    from kernels.scan2d import _index_on
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build("cross")
+    inputs = scan2d_inputs(pattern, 2, 3, 4, 5, 1, torch.float32, DEVICE, True)
+    for v in inputs.values():
+        v.requires_grad_(True)
+    index = _index_on(pattern, 4, 5, torch.device(DEVICE))
+    y16 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.bfloat16)[0]
+    y32 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.float32)[0]
+    assert y16.dtype == torch.bfloat16 and y16.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y16, y32.detach().double()) < 1e-2
+    grad = torch.randn(y32.shape, device=DEVICE).to(torch.bfloat16)
+    grads16 = torch.autograd.grad(y16, list(inputs.values()), grad)
+    grads32 = torch.autograd.grad(y32, list(inputs.values()), grad.float())
+    for key, g16, g32 in zip(inputs, grads16, grads32):
+        assert g16.dtype == g32.dtype and rel_err(g16, g32.double()) < 1e-5, key
 
 
 @kernel_test
@@ -398,10 +422,11 @@ def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan):
     low = torch.randn(2, K, L, 3, device=DEVICE).transpose(2, 3)  # (b, K, R, L) view, R innermost in memory
     proj = torch.randn(K, 3, 3, device=DEVICE)
     index = _index_on(pattern, 4, 5, torch.device(DEVICE))
-    args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, True, proj)
+    args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, True, proj, torch.bfloat16)
     torch.library.opcheck(torch.ops.vssm.scan2d.default, args)
     y, states = torch.ops.vssm.scan2d(*args)
-    grad_y = torch.randn(y.shape, device=DEVICE).transpose(2, 3).contiguous().transpose(2, 3)
+    assert y.dtype == torch.bfloat16
+    grad_y = torch.randn(y.shape, device=DEVICE, dtype=y.dtype).transpose(2, 3).contiguous().transpose(2, 3)
     bwd_args = (grad_y, inputs["x"], low, *list(inputs.values())[2:], index, states, False, True, proj)
     torch.library.opcheck(torch.ops.vssm.scan2d_backward.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
@@ -426,7 +451,7 @@ def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan):
     proj = torch.randn(K, channels, rank, device=DEVICE)
     for delta, dt_proj, expected in ((inputs["delta"], None, scan_flops),
                                      (low, proj, scan_flops + 2 * batch * K * channels * rank * L)):
-        args = (inputs["x"], delta, *list(inputs.values())[2:], index, False, True, False, dt_proj)
+        args = (inputs["x"], delta, *list(inputs.values())[2:], index, False, True, False, dt_proj, torch.float32)
         with FlopCounterMode(display=False) as counter:
             torch.ops.vssm.scan2d(*args)
         assert counter.get_total_flops() == expected

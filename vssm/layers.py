@@ -14,11 +14,13 @@ official releases so checkpoints of every family map onto it by prefix only.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 import kernels
@@ -27,7 +29,7 @@ import scans
 __all__ = [
     "LayerNorm2d", "to_2tuple_size",
     "PatchEmbed", "ConvStem", "PatchMerging", "ConvDownsample", "build_downsample",
-    "Mlp", "DropPath", "SS2D", "VSSBlock", "init_vssm_weights", "ssm_no_weight_decay",
+    "Mlp", "DropPath", "RecomputedActivation", "SS2D", "VSSBlock", "init_vssm_weights", "ssm_no_weight_decay",
 ]
 
 NormLayer = Type[nn.Module]
@@ -148,6 +150,25 @@ def build_downsample(kind: str, dim: int, out_dim: int, norm_layer: NormLayer = 
 # SS2D mixer
 # --------------------------------------------------------------------------------------------------
 
+class RecomputedActivation(nn.Module):
+    """``act_layer()`` whose output a compiled training graph recomputes in the backward instead of saving it.
+
+    The output of the MLP's GELU (the widest tensor of a block) and of SS2D's SiLU would be saved for the next
+    layer's backward next to the input that the activation's own backward keeps. Under ``torch.compile`` with
+    grad enabled the call is tagged for activation checkpointing, so only the input is saved and the activation
+    re-runs fused into the backward kernels. Eager calls run the activation as is (there autograd would save
+    the output for the next layer all the same)."""
+
+    def __init__(self, act_layer: Type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.act = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and torch.is_grad_enabled():
+            return checkpoint(self.act, x, use_reentrant=False)
+        return self.act(x)
+
+
 def _dt_init(dt_rank: int, d_inner: int, dt_scale: float, dt_init: str, dt_min: float, dt_max: float,
              dt_init_floor: float):
     """Mamba's dt projection init: weight U(+-rank^-0.5*scale) (or constant), bias = softplus^-1(dt),
@@ -222,7 +243,7 @@ class SS2D(nn.Module):
         self.d_seq = d_seq
 
         self.in_proj = nn.Linear(dim, d_inner * 2 if gate else d_inner, bias=bias)
-        self.act = act_layer()
+        self.act = RecomputedActivation(act_layer)
         self.z_act = act_layer() if (gate and z_act) else nn.Identity()
         if d_conv > 1:
             self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
@@ -274,15 +295,15 @@ class SS2D(nn.Module):
 
     def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
         """Selective scan of the K sequences of ``x (B, d_inner, H, W)``, outputs summed at their positions:
-        ``(B, d_inner, H, W)`` float32. One fused :func:`kernels.scan2d`, which also projects the low-rank ``dts``
-        to the step sizes (no ``(B, K*d_seq, L)`` delta tensor is saved for the backward). Subclasses with
-        another fusion of the K directions override this."""
+        ``(B, d_inner, H, W)`` in x's dtype (summed in float32, rounded once). One fused :func:`kernels.scan2d`,
+        which also projects the low-rank ``dts`` to the step sizes (no ``(B, K*d_seq, L)`` delta tensor is saved
+        for the backward). Subclasses with another fusion of the K directions override this."""
         A, D, delta_bias = self.ssm_parameters()
         return kernels.scan2d(x, dts, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend,
-                              dt_proj=self.dt_projs_weight)
+                              dt_proj=self.dt_projs_weight, out_dtype=x.dtype)
 
     def scan_core(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, d_inner, H, W)`` -> ``(B, d_inner, H, W)`` float32: project, selective scan, merge."""
+        """``(B, d_inner, H, W)`` -> ``(B, d_inner, H, W)`` (float32 or x's dtype): project, scan, merge."""
         return self.scan_sequences(x, *self.project_sequences(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -322,7 +343,8 @@ class VSSBlock(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
             self.norm2 = norm_layer(dim)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=mlp_act_layer, drop=mlp_drop)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=partial(RecomputedActivation, mlp_act_layer),
+                           drop=mlp_drop)
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         else:
             self.norm2 = self.mlp = None
