@@ -421,11 +421,11 @@ def main(argv=None):
     m.add_argument("--backends", default="triton,chunked", help="scan backends (chunked = pure-PyTorch baseline)")
     m.add_argument("--batch", type=int, default=128)
     m.add_argument("--img", type=int, default=224)
-    m.add_argument("--iters", type=int, default=10)
-    m.add_argument("--warmup-iters", type=int, default=3)
+    m.add_argument("--iters", type=int, default=20)
+    m.add_argument("--warmup-iters", type=int, default=5)
     m.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     m.add_argument("--profile", type=int, default=0, metavar="K",
-                   help="also print the K CUDA kernels that take the most time in 3 inference passes and 3 training steps")
+                   help="also print the K costliest CUDA kernels of 3 inference passes and of 3 training steps")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark needs a CUDA device")
