@@ -365,18 +365,24 @@ def test_scan2d_low_precision(triton_scan, dtype):
         assert g.dtype == dtype and rel_err(g, g_ref) < 2e-2, key
 
 
-@kernel_test
-def test_scan2d_op_autograd_and_compile(triton_scan):
-    """torch.ops.vssm.scan2d: autograd through the opaque backward op, fullgraph compile without breaks."""
+def cross_op_inputs(triton_scan, batch, channels, H, W, n):
+    """Inputs of the ``vssm::scan2d`` op for the cross pattern (tiny tiles under the interpreter): the tensors,
+    requiring grad, and the index map."""
     import scans
     from kernels.scan2d import _index_on
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
-    inputs = scan2d_inputs(pattern, 1, 3, 4, 5, 2, torch.float32, DEVICE, True)
+    inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
     for v in inputs.values():
         v.requires_grad_(True)
-    index = _index_on(pattern, 4, 5, torch.device(DEVICE))
+    return inputs, _index_on(pattern, H, W, torch.device(DEVICE))
+
+
+@kernel_test
+def test_scan2d_op_autograd_and_compile(triton_scan):
+    """torch.ops.vssm.scan2d: autograd through the opaque backward op, fullgraph compile without breaks."""
+    inputs, index = cross_op_inputs(triton_scan, 1, 3, 4, 5, 2)
 
     def step(*args):
         return (torch.ops.vssm.scan2d(*args, index, False, True, True, None, torch.float32)[0] ** 2).sum()
@@ -388,15 +394,7 @@ def test_scan2d_op_autograd_and_compile(triton_scan):
 def test_scan2d_op_16bit_output(triton_scan):
     """out_dtype bfloat16: the float32 sum of the K outputs rounded once, channels-last; the backward takes the
     bfloat16 gradient and gives what the float32 op gives for that gradient."""
-    import scans
-    from kernels.scan2d import _index_on
-    if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
-    pattern = scans.build("cross")
-    inputs = scan2d_inputs(pattern, 2, 3, 4, 5, 1, torch.float32, DEVICE, True)
-    for v in inputs.values():
-        v.requires_grad_(True)
-    index = _index_on(pattern, 4, 5, torch.device(DEVICE))
+    inputs, index = cross_op_inputs(triton_scan, 2, 3, 4, 5, 1)
     y16 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.bfloat16)[0]
     y32 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.float32)[0]
     assert y16.dtype == torch.bfloat16 and y16.is_contiguous(memory_format=torch.channels_last)
@@ -436,16 +434,10 @@ def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan):
 def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan):
     """FlopCounterMode sees the fused op: the selective scan's count for K*C_k channels, plus 2*R per step size
     when the op projects the low-rank dt."""
-    import scans
     from torch.utils.flop_counter import FlopCounterMode
-    from kernels.scan2d import _index_on
-    if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
-    pattern = scans.build("cross")
     batch, channels, H, W, n, rank = 2, 3, 4, 5, 2, 3
-    inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
-    K, L = pattern.K, H * W
-    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    inputs, index = cross_op_inputs(triton_scan, batch, channels, H, W, n)
+    K, L = 4, H * W
     scan_flops = 9 * batch * L * K * channels * n + batch * K * channels * L
     low = torch.randn(batch, K, rank, L, device=DEVICE)
     proj = torch.randn(K, channels, rank, device=DEVICE)
