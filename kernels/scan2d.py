@@ -65,7 +65,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
            D: torch.Tensor = None, delta_bias: torch.Tensor = None,
            pattern: Union[str, "scans.ScanPattern"] = "cross", delta_softplus: bool = True,
            backend: str = "auto", dt_proj: Optional[torch.Tensor] = None,
-           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+           out_dtype: Optional[torch.dtype] = None, per_sequence: bool = False) -> torch.Tensor:
     """Selective scan of a 2D map along ``pattern``, outputs of the K sequences summed at their positions.
 
     Args:
@@ -78,9 +78,13 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
             ``einsum('bkrl,kdr->bkdl', delta, dt_proj)``, formed inside the op and never saved for the backward.
         out_dtype: dtype of the result (the K outputs are summed in float32 and rounded once); default float32
             (float64 for float64 input). A 16-bit result halves what a following layer saves for its backward.
+        per_sequence: return the K outputs apart, each at its positions: ``(batch, K, C_k, H, W)`` (for a layer
+            that weighs the directions before summing them). The pattern must visit every position in every
+            sequence (``pattern.sequences_cover_map``).
 
     Returns:
-        ``(batch, C, H, W)`` in ``out_dtype``, channels-last in memory on the triton backend.
+        ``(batch, C, H, W)`` (or ``(batch, K, C_k, H, W)``) in ``out_dtype``, channels-last in memory on the
+        triton backend.
     """
     pattern = scans.build(pattern) if isinstance(pattern, str) else pattern
     _check(x, delta, A, B, C, pattern, dt_proj)
@@ -88,6 +92,9 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     width = A.shape[0]
     D = x.new_zeros(width, dtype=A.dtype) if D is None else D
     delta_bias = x.new_zeros(width, dtype=A.dtype) if delta_bias is None else delta_bias
+    if per_sequence and not pattern.sequences_cover_map:
+        raise ValueError(f"scan2d: per_sequence needs a pattern whose every sequence visits every position; "
+                         f"{pattern.name!r} does not")
     name = resolve_backend(backend, x.device)
     if out_dtype is None:
         out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -96,14 +103,14 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, dt_proj))
         y, _states = torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,
-                                           bool(delta_softplus), needs_grad, dt_proj, out_dtype)
+                                           bool(delta_softplus), needs_grad, dt_proj, out_dtype, per_sequence)
         return y
     if dt_proj is not None:
         delta = project_step_sizes(delta, dt_proj)
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
     ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
-    merged = pattern.merge(ys.view(xs.shape).to(torch.float64 if x.dtype == torch.float64 else torch.float32), (H, W))
-    return merged.to(out_dtype)
+    ys = ys.view(xs.shape).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return (pattern.scatter(ys, (H, W)) if per_sequence else pattern.merge(ys, (H, W))).to(out_dtype)
 
 
 # ---- the fused op ---------------------------------------------------------------------------------------
@@ -112,22 +119,26 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
 def _scan2d_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
                delta_softplus: bool, save_states: bool, dt_proj: Optional[torch.Tensor],
-               out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, states)``: the summed output in ``out_dtype`` and, with ``save_states``, the chunk-start states of
-    the scan that the backward reuses instead of recomputing them (an empty tensor otherwise)."""
+               out_dtype: torch.dtype, per_sequence: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, states)``: the summed output (or the K per-sequence maps) in ``out_dtype`` and, with ``save_states``,
+    the chunk-start states of the scan that the backward reuses instead of recomputing them (an empty tensor
+    otherwise)."""
     from . import triton_scan
-    y, states = triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus,
-                                           save_states, dt_proj)
-    return y.to(out_dtype), states
+    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states,
+                                      dt_proj, out_dtype, per_sequence)
 
 
 @_scan2d_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states, dt_proj, out_dtype):
+def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states, dt_proj, out_dtype,
+      per_sequence):
     from . import triton_scan
     batch, channels, H, W = x.shape
-    y = x.new_empty(batch, H, W, channels, dtype=out_dtype).permute(0, 3, 1, 2)
     groups, n_state, length = B.shape[1:]
     width = A.shape[0]
+    if per_sequence:
+        y = x.new_empty(batch, groups, H, W, width // groups, dtype=out_dtype).permute(0, 1, 4, 2, 3)
+    else:
+        y = x.new_empty(batch, H, W, channels, dtype=out_dtype).permute(0, 3, 1, 2)
     shape = triton_scan.states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
     return y, x.new_empty(shape, dtype=torch.float32)
 
@@ -158,7 +169,7 @@ def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_soft
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, index, split, delta_softplus, _save_states, dt_proj, _out_dtype = inputs
+    *tensors, index, split, delta_softplus, _save_states, dt_proj, _out_dtype, _per_sequence = inputs
     ctx.save_for_backward(*tensors, index, output[1], dt_proj)
     ctx.split = split
     ctx.delta_softplus = delta_softplus
@@ -168,7 +179,7 @@ def _backward(ctx, grad_y, _grad_states):
     *tensors, index, states, dt_proj = ctx.saved_tensors
     *grads, d_proj = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, states, ctx.split,
                                                     ctx.delta_softplus, dt_proj)
-    return (*grads, None, None, None, None, d_proj if dt_proj is not None else None, None)
+    return (*grads, None, None, None, None, d_proj if dt_proj is not None else None, None, None)
 
 
 _scan2d_op.register_autograd(_backward, setup_context=_setup_context)

@@ -139,18 +139,20 @@ def _tile(pid_d, pid_bg, L, DG, G, N, NP: tl.constexpr, BLOCK_D: tl.constexpr):
 #   batch b reads channel ``g*D + d`` (SPLIT patterns) or ``d`` (every sequence sees all C = D channels) at
 #   flat position ``p = idx[g, l]`` (``h = p // W``, ``w = p % W``; ``p < 0`` is a padding token: u = 0 there
 #   and its output is dropped). Outputs of the K sequences land on the same (channel, position) unless SPLIT,
-#   so y / du are accumulated with fp32 atomics.
+#   so y / du are accumulated with fp32 atomics. PER_SEQ: y / dy are K maps ``(batch, K, C_k, H, W)`` instead,
+#   sequence g writing (reading) map g, channel d, with plain stores: nothing is summed.
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _rows(pid_bg, G, DG, d, s_b, s_c, GATHER: tl.constexpr, SPLIT: tl.constexpr):
-    """Row base offsets of channels ``d`` (within the group) of program (b, g) in a u- or y-like tensor."""
+def _rows(pid_bg, G, DG, d, s_b, s_c, s_g, GATHER: tl.constexpr, SPLIT: tl.constexpr):
+    """Row base offsets of channels ``d`` (within the group) of program (b, g) in a u- or y-like tensor
+    (``s_g``: stride between the per-sequence maps of a PER_SEQ output, else 0)."""
     g = pid_bg % G
     b = pid_bg // G
     if GATHER and not SPLIT:
         xc = d
     else:
         xc = g * DG + d
-    return b.to(tl.int64) * s_b + xc.to(tl.int64) * s_c
+    return b.to(tl.int64) * s_b + g.to(tl.int64) * s_g + xc.to(tl.int64) * s_c
 
 
 @triton.jit
@@ -180,8 +182,9 @@ def _load_delta(delta_ptr, row_off, offs_l, mask2d):
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
 def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, idx_ptr, state_ptr,
-                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
-                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, STORE_STATES: tl.constexpr,
+                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_g, sy_c, sy_h, sy_w,
+                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, PER_SEQ: tl.constexpr,
+                STORE_STATES: tl.constexpr,
                 STATE_CHUNK: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     g = pid_bg % G
@@ -191,12 +194,13 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
     A2 = tl.load(A_ptr + chan * N + n, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
     Dv = tl.load(D_ptr + chan, mask=mask_r & (n == 0), other=0.0).to(tl.float32)  # skip term on row n=0
     bias = tl.load(bias_ptr + chan, mask=mask_r, other=0.0).to(tl.float32)
-    u_row = _rows(pid_bg, G, DG, offs_d, su_b, su_c, GATHER, SPLIT)
+    u_row = _rows(pid_bg, G, DG, offs_d, su_b, su_c, 0, GATHER, SPLIT)
     if NP == 1:
-        y_row = _rows(pid_bg, G, DG, offs_d, sy_b, sy_c, GATHER, SPLIT)
+        y_row = _rows(pid_bg, G, DG, offs_d, sy_b, sy_c, sy_g, GATHER, SPLIT and not PER_SEQ)
         y_mask = mask_r
     else:
-        y_row = _rows(pid_bg, G, DG, tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D), sy_b, sy_c, GATHER, SPLIT)
+        y_row = _rows(pid_bg, G, DG, tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D), sy_b, sy_c, sy_g, GATHER,
+                      SPLIT and not PER_SEQ)
         y_mask = mask_c
 
     ar = tl.arange(0, BLOCK_L)
@@ -241,7 +245,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
         y = _chan_sum(hs * Ct + Dv[:, None] * u, BLOCK_D, NP, BLOCK_L)
         y_ptrs = y_ptr + y_row[:, None] + ypos[None, :]
         y_store_mask = y_mask[:, None] & valid[None, :]
-        if GATHER:
+        if GATHER and not PER_SEQ:
             tl.atomic_add(y_ptrs, y, mask=y_store_mask, sem="relaxed")
         else:
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=y_store_mask)
@@ -254,8 +258,9 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
 @triton.jit
 def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr,
                 du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
-                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_c, sy_h, sy_w,
-                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, HAVE_STATES: tl.constexpr,
+                L, DG, G, N, NCHUNK, W_img, su_b, su_c, su_h, su_w, sy_b, sy_g, sy_c, sy_h, sy_w,
+                SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, PER_SEQ: tl.constexpr,
+                HAVE_STATES: tl.constexpr,
                 REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
@@ -269,8 +274,8 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     A2 = A * 1.4426950408889634
     Dv = tl.load(D_ptr + chan, mask=mask_r & (n == 0), other=0.0).to(tl.float32)
     bias = tl.load(bias_ptr + chan, mask=mask_r, other=0.0).to(tl.float32)
-    u_row = _rows(pid_bg, G, DG, offs_d, su_b, su_c, GATHER, SPLIT)  # rows of u / du
-    dy_row = _rows(pid_bg, G, DG, offs_d, sy_b, sy_c, GATHER, SPLIT)
+    u_row = _rows(pid_bg, G, DG, offs_d, su_b, su_c, 0, GATHER, SPLIT)  # rows of u / du
+    dy_row = _rows(pid_bg, G, DG, offs_d, sy_b, sy_c, sy_g, GATHER, SPLIT and not PER_SEQ)
     state_off = seq.to(tl.int64) * NCHUNK * NP + n
     ar = tl.arange(0, BLOCK_L)
     last = (ar == BLOCK_L - 1)[None, :]
@@ -328,8 +333,8 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
     bc_rows = (pid_bg.to(tl.int64) * N + n_idx) * L
     dbc_slab = tl.program_id(0).to(tl.int64) * tl.num_programs(1) * N * L
     if NP > 1:
-        u_row_c = _rows(pid_bg, G, DG, dd, su_b, su_c, GATHER, SPLIT)
-        dy_row_c = _rows(pid_bg, G, DG, dd, sy_b, sy_c, GATHER, SPLIT)
+        u_row_c = _rows(pid_bg, G, DG, dd, su_b, su_c, 0, GATHER, SPLIT)
+        dy_row_c = _rows(pid_bg, G, DG, dd, sy_b, sy_c, sy_g, GATHER, SPLIT and not PER_SEQ)
         bias_c = tl.load(bias_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
         D_c = tl.load(D_ptr + chan_c, mask=mask_c, other=0.0).to(tl.float32)
     for k in range(0, NCHUNK):
@@ -464,9 +469,19 @@ def _fallback(u):
     return u.dtype == torch.float64  # fp64 runs in the chunked PyTorch backend with fp64 state
 
 
-def _seq_strides(u):
-    """(batch, channel, h, w) strides of the 1D layout ``(batch, G*D, L)``, seen as a (1, L) map."""
-    return u.stride(0), u.stride(1), 0, 1
+def _map_strides(u, index):
+    """(batch, channel, h, w) strides of u: a ``(batch, C, H, W)`` map, or (``index`` None) the 1D layout
+    ``(batch, G*D, L)`` seen as a (1, L) map."""
+    return u.stride() if index is not None else (u.stride(0), u.stride(1), 0, 1)
+
+
+def _out_strides(y, index):
+    """(batch, sequence, channel, h, w) strides of y: K per-sequence maps ``(batch, K, C_k, H, W)``, else one
+    map or the 1D layout (no sequence stride)."""
+    if y.dim() == 5:
+        return y.stride()
+    s_b, s_c, s_h, s_w = _map_strides(y, index)
+    return s_b, 0, s_c, s_h, s_w
 
 
 def _n_chunks(length, block_l):
@@ -487,19 +502,18 @@ def states_shape(batch, channels, n_state, length, channels_per_group) -> tuple:
 def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True,
                     states=None):
     """Run the forward kernel. ``index`` None: u / y in the 1D layout; else u / y are 2D maps read / accumulated
-    through the ``(K, L)`` index map (``width`` = W of the map). ``states`` (see :func:`states_shape`): also
-    store the state at every chunk start."""
+    through the ``(K, L)`` index map (``width`` = W of the map), y being K per-sequence maps when 5D.
+    ``states`` (see :func:`states_shape`): also store the state at every chunk start."""
     batch, groups, n_state, length = B.shape
     dg = A.shape[0] // groups
     cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
     chunk = state_chunk(n_state, length, dg)
     grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
-    su, sy = (u.stride(), y.stride()) if index is not None else (_seq_strides(u), _seq_strides(y))
     _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, u if index is None else index,
                       u if states is None else states,
-                      length, dg, groups, n_state, _n_chunks(length, chunk), width, *su, *sy,
-                      SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                      STORE_STATES=states is not None, STATE_CHUNK=chunk,
+                      length, dg, groups, n_state, _n_chunks(length, chunk), width, *_map_strides(u, index),
+                      *_out_strides(y, index), SOFTPLUS=bool(delta_softplus), GATHER=index is not None,
+                      SPLIT=bool(split), PER_SEQ=y.dim() == 5, STORE_STATES=states is not None, STATE_CHUNK=chunk,
                       NP=triton.next_power_of_2(n_state),
                       BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
 
@@ -533,14 +547,13 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
         have_states = states is not None
         if not have_states:
             states = torch.empty(batch * channels * n_chunks * np2, **f32)
-        su, sy = (u.stride(), grad_y.stride()) if index is not None else (_seq_strides(u), _seq_strides(grad_y))
         grid = (d_blocks, batch * groups)
         _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y, u if index is None else index,
                           du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
-                          length, dg, groups, n_state, n_chunks, width, *su, *sy,
-                          SOFTPLUS=bool(delta_softplus), GATHER=index is not None, SPLIT=bool(split),
-                          HAVE_STATES=have_states, REVERSE_BY_FLIP=reverse_by_flip,
-                          PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
+                          length, dg, groups, n_state, n_chunks, width, *_map_strides(u, index),
+                          *_out_strides(grad_y, index), SOFTPLUS=bool(delta_softplus), GATHER=index is not None,
+                          SPLIT=bool(split), PER_SEQ=grad_y.dim() == 5, HAVE_STATES=have_states,
+                          REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
                           num_warps=cfg["num_warps"])
     return (ddelta, dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
@@ -578,15 +591,17 @@ def _dense(x):
 
 
 def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, save_states=False,
-                   dt_proj=None):
+                   dt_proj=None, out_dtype=torch.float32, per_sequence=False):
     """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`kernels.scan2d`).
 
     ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding); ``delta``
     ``(batch, K*C_k, L)``, or with ``dt_proj (K, C_k, R)`` the low-rank ``(batch, K, R, L)`` it projects (the
     projected step sizes exist only during the call: a ``(batch, K*C_k, L)`` product on the tensor cores costs
     less than forming them inside the scan, and nothing of that size is kept for the backward).
-    Returns the float32 ``(batch, C, H, W)`` sum of the K outputs at their positions (channels-last in memory)
-    and the chunk-start states for :func:`scan2d_backward` (an empty tensor unless ``save_states``)."""
+    Returns the ``(batch, C, H, W)`` sum of the K outputs at their positions (summed in float32, channels-last
+    in memory), or with ``per_sequence`` the K maps ``(batch, K, C_k, H, W)`` (each sequence must visit every
+    position; stored directly in ``out_dtype``, channels-last within each map), and the chunk-start states for
+    :func:`scan2d_backward` (an empty tensor unless ``save_states``)."""
     from .scan2d import project_step_sizes
     x = _dense(x)
     if dt_proj is not None:
@@ -595,27 +610,33 @@ def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplu
     batch, channels, H, W = x.shape
     groups, n_state, length = B.shape[1:]
     width = A.shape[0]
-    y = torch.zeros(batch, H, W, channels, device=x.device, dtype=torch.float32).permute(0, 3, 1, 2)
+    if per_sequence:  # every (sequence, position) is written once
+        y = torch.empty(batch, groups, H, W, width // groups, device=x.device, dtype=out_dtype)
+        y = y.permute(0, 1, 4, 2, 3)
+    else:
+        y = torch.zeros(batch, H, W, channels, device=x.device, dtype=torch.float32).permute(0, 3, 1, 2)
     shape = states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
     states = torch.empty(shape, device=x.device, dtype=torch.float32)
     if batch * width * length:
         _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split,
                         states=states if save_states else None)
-    return y, states
+    return y.to(out_dtype), states
 
 
 def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, states=None,
                     dt_proj=None):
     """Gradients of :func:`scan2d_forward`: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)``, plus ``ddt_proj``
     with ``dt_proj`` (then ``ddelta`` is the gradient of the low-rank input, and the step sizes are projected
-    again here). ``states``: the ones the forward saved (else recomputed)."""
+    again here). ``grad_y``: of the summed map, or 5D of the K per-sequence maps. ``states``: the ones the forward
+    saved (else recomputed)."""
     from .scan2d import project_step_sizes
     x = _dense(x)
     low = delta
     if dt_proj is not None:
         delta = project_step_sizes(low, dt_proj)
     delta, A, B, C, D, delta_bias = (t.contiguous() for t in (delta, A, B, C, D, delta_bias))
-    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    if grad_y.dim() == 4:
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
     dx = torch.zeros_like(x, dtype=torch.float32)
     ddelta, *grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus, index=index,
                                       width=x.shape[3], split=split,

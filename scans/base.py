@@ -82,12 +82,23 @@ class ScanPattern:
                              f"got {tuple(y.shape)}")
         batch, _, c_k, length = y.shape
         if self.split_channels:
-            out = y.new_zeros(batch, self.K, c_k, H * W + 1)
-            out = out.scatter_add(3, index[None, :, None, :].expand(batch, self.K, c_k, length), y)
-            return out[..., : H * W].reshape(batch, self.K * c_k, H, W)
+            return self.scatter(y, size).reshape(batch, self.K * c_k, H, W)
         out = y.new_zeros(batch, c_k, H * W + 1)
         out = out.index_add(2, index.reshape(-1), y.transpose(1, 2).reshape(batch, c_k, self.K * length))
         return out[..., : H * W].reshape(batch, c_k, H, W)
+
+    def scatter(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``(B, K, c, L)`` -> ``(B, K, c, H, W)``: the inverse of :meth:`gather`, each sequence's outputs at their
+        positions in a map of its own (zero where a sequence does not pass; padding tokens dropped)."""
+        H, W = size
+        index = self._device_index(H, W, y.device)
+        if y.dim() != 4 or y.shape[1] != self.K or y.shape[3] != index.shape[1]:
+            raise ValueError(f"{self.name}.scatter expects (B, {self.K}, c, {index.shape[1]}) for a {H}x{W} map, "
+                             f"got {tuple(y.shape)}")
+        batch, K, c, length = y.shape
+        out = y.new_zeros(batch, K, c, H * W + 1)
+        out = out.scatter_add(3, index[None, :, None, :].expand(batch, K, c, length), y)
+        return out[..., : H * W].reshape(batch, K, c, H, W)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, K={self.K}, split_channels={self.split_channels})"

@@ -127,28 +127,29 @@ def test_window_index_matches_official_order():
         scans.build("window", directions=["h", "w3"])
 
 
-def test_merge_inverts_every_direction():
-    torch.manual_seed(0)
-    mixer = LocalSS2D(8, directions=list(LOCALMAMBA_DIRECTIONS[:4]), d_state=2, official_v_merge=False)
-    mixer2 = LocalSS2D(8, directions=list(LOCALMAMBA_DIRECTIONS[4:]), d_state=2)
-    for m in (mixer, mixer2):
+def test_every_direction_puts_each_output_back_once():
+    """scatter of the window pattern: every position holds the output of exactly one slot, the one scanned there."""
+    for directions in (LOCALMAMBA_DIRECTIONS[:4], LOCALMAMBA_DIRECTIONS[4:]):
+        pattern = LocalSS2D(8, directions=list(directions), d_state=2).scan
         for H, W in [(5, 5), (3, 7), (8, 9)]:
-            index = m._merge_index(H, W, torch.device("cpu"))
-            positions = m.scan.index_map(H, W)
-            for k in range(m.scan.K):  # position p holds sequence slot index[k, p] whose position is p
-                assert torch.equal(positions[k, index[k]], torch.arange(H * W))
+            positions = pattern.index_map(H, W).double()  # slot -> its position (PAD -1: dropped)
+            maps = pattern.scatter(positions[None, :, None, :], (H, W))[0, :, 0].flatten(1)
+            assert torch.equal(maps, torch.arange(H * W).double().expand(pattern.K, -1))
 
 
 def test_official_v_merge_permutation():
-    m = LocalSS2D(8, directions=["v", "v_flip", "h", "w2"], d_state=2, official_v_merge=True)
-    exact = LocalSS2D(8, directions=["v", "v_flip", "h", "w2"], d_state=2, official_v_merge=False)
+    from vssm.localmamba import _official_v_order
+    directions = ("v", "v_flip", "h", "w2")
+    pattern = LocalSS2D(8, directions=list(directions), d_state=2).scan
     cpu = torch.device("cpu")
-    assert torch.equal(m._merge_index(4, 4, cpu), exact._merge_index(4, 4, cpu))
-    index = m._merge_index(2, 3, cpu)
+    assert torch.equal(_official_v_order(directions, 4, 4, cpu), torch.arange(16).expand(4, -1))
+    slots = torch.arange(pattern.sequence_length(2, 3)).double().expand(4, -1)
+    exact = pattern.scatter(slots[None, :, None, :], (2, 3))[0, :, 0].flatten(1)  # slot held at each position
+    official = exact.gather(1, _official_v_order(directions, 2, 3, cpu))
     # official: the t-th column-major output (t = i*3 + j) goes to flat position j*2 + i
-    assert index[0].tolist() == [0, 3, 1, 4, 2, 5] and index[1].tolist() == [5, 2, 4, 1, 3, 0]
-    assert exact._merge_index(2, 3, cpu)[0].tolist() == [0, 2, 4, 1, 3, 5]
-    assert torch.equal(index[2:], exact._merge_index(2, 3, cpu)[2:])
+    assert official[0].tolist() == [0, 3, 1, 4, 2, 5] and official[1].tolist() == [5, 2, 4, 1, 3, 0]
+    assert exact[0].tolist() == [0, 2, 4, 1, 3, 5]
+    assert torch.equal(official[2:], exact[2:])
 
 
 # ---- forward / backward / timm API -------------------------------------------------------------------------

@@ -225,14 +225,15 @@ def scan2d_inputs(pattern, batch, channels, H, W, n, dtype, device, channels_las
     return out
 
 
-def scan2d_reference(pattern, inputs, grad_y):
-    """float64 composition ``merge(scan(flatten(x)))`` and its autograd gradients."""
+def scan2d_reference(pattern, inputs, grad_y, per_sequence=False):
+    """float64 composition ``merge(scan(flatten(x)))`` (``scatter`` with ``per_sequence``) and its autograd
+    gradients."""
     from kernels.reference import selective_scan_reference
     x = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
     xs = pattern.flatten(x["x"])
     batch, K, ck, L = xs.shape
     ys = selective_scan_reference(xs.reshape(batch, K * ck, L), *list(x.values())[1:], True)
-    y = pattern.merge(ys.view(xs.shape), inputs["x"].shape[-2:])
+    y = (pattern.scatter if per_sequence else pattern.merge)(ys.view(xs.shape), inputs["x"].shape[-2:])
     return y.detach(), torch.autograd.grad(y, list(x.values()), grad_y.double())
 
 
@@ -278,6 +279,32 @@ def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, ch
         assert g.shape == g_ref.shape and g.dtype == inputs[key].dtype, key
         assert rel_err(g, g_ref) < 1e-3, key
     assert grads[0].stride() == inputs["x"].stride()  # dx in x's layout
+
+
+@kernel_test
+@pytest.mark.parametrize("name,options,batch,channels,H,W,n",
+                         [case for case in SCAN2D_CASES if case[0] != "atrous"])  # atrous sequences cover a part
+def test_scan2d_per_sequence_maps(triton_scan, name, options, batch, channels, H, W, n):
+    """per_sequence: the K outputs each at their positions in a map of their own, stored in the output dtype;
+    gradients through the K maps."""
+    import scans
+    from kernels.scan2d import _index_on
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build(name, **options)
+    inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
+    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    for dtype in (torch.float32, torch.bfloat16):
+        y, states = triton_scan.scan2d_forward(*inputs.values(), index, pattern.split_channels, True, True, None,
+                                               dtype, True)
+        grad_y = torch.randn(y.shape, device=DEVICE).to(dtype)
+        y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y, per_sequence=True)
+        assert y.dtype == dtype and y.shape == y_ref.shape == (batch, pattern.K, channels // (
+            pattern.K if pattern.split_channels else 1), H, W)
+        assert rel_err(y, y_ref) < (1e-4 if dtype == torch.float32 else 1e-2)
+        grads = triton_scan.scan2d_backward(grad_y, *inputs.values(), index, pattern.split_channels, True, states)
+        for key, g, g_ref in zip(inputs, grads, grads_ref):
+            assert g.shape == g_ref.shape and rel_err(g, g_ref) < 1e-3, key
 
 
 @kernel_test
@@ -385,7 +412,7 @@ def test_scan2d_op_autograd_and_compile(triton_scan):
     inputs, index = cross_op_inputs(triton_scan, 1, 3, 4, 5, 2)
 
     def step(*args):
-        return (torch.ops.vssm.scan2d(*args, index, False, True, True, None, torch.float32)[0] ** 2).sum()
+        return (torch.ops.vssm.scan2d(*args, index, False, True, True, None, torch.float32, False)[0] ** 2).sum()
 
     assert_compiled_matches_eager(step, inputs)
 
@@ -395,8 +422,8 @@ def test_scan2d_op_16bit_output(triton_scan):
     """out_dtype bfloat16: the float32 sum of the K outputs rounded once, channels-last; the backward takes the
     bfloat16 gradient and gives what the float32 op gives for that gradient."""
     inputs, index = cross_op_inputs(triton_scan, 2, 3, 4, 5, 1)
-    y16 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.bfloat16)[0]
-    y32 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.float32)[0]
+    y16 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.bfloat16, False)[0]
+    y32 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.float32, False)[0]
     assert y16.dtype == torch.bfloat16 and y16.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(y16, y32.detach().double()) < 1e-2
     grad = torch.randn(y32.shape, device=DEVICE).to(torch.bfloat16)
@@ -407,9 +434,10 @@ def test_scan2d_op_16bit_output(triton_scan):
 
 
 @kernel_test
-def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan):
+@pytest.mark.parametrize("per_sequence", [False, True])
+def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan, per_sequence):
     """torch.library.opcheck (schema, fake tensors vs real outputs incl. strides, autograd registration) on
-    inputs that are views with unusual strides, as compiled graphs hand them over."""
+    inputs that are views with unusual strides, as compiled graphs hand them over; summed or per-sequence maps."""
     import scans
     from kernels.scan2d import _index_on
     if not CUDA:
@@ -420,11 +448,12 @@ def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan):
     low = torch.randn(2, K, L, 3, device=DEVICE).transpose(2, 3)  # (b, K, R, L) view, R innermost in memory
     proj = torch.randn(K, 3, 3, device=DEVICE)
     index = _index_on(pattern, 4, 5, torch.device(DEVICE))
-    args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, True, proj, torch.bfloat16)
+    args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, True, proj, torch.bfloat16,
+            per_sequence)
     torch.library.opcheck(torch.ops.vssm.scan2d.default, args)
     y, states = torch.ops.vssm.scan2d(*args)
-    assert y.dtype == torch.bfloat16
-    grad_y = torch.randn(y.shape, device=DEVICE, dtype=y.dtype).transpose(2, 3).contiguous().transpose(2, 3)
+    assert y.dtype == torch.bfloat16 and y.dim() == (5 if per_sequence else 4)
+    grad_y = torch.randn(y.shape, device=DEVICE, dtype=y.dtype).transpose(-2, -1).contiguous().transpose(-2, -1)
     bwd_args = (grad_y, inputs["x"], low, *list(inputs.values())[2:], index, states, False, True, proj)
     torch.library.opcheck(torch.ops.vssm.scan2d_backward.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
@@ -443,7 +472,8 @@ def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan):
     proj = torch.randn(K, channels, rank, device=DEVICE)
     for delta, dt_proj, expected in ((inputs["delta"], None, scan_flops),
                                      (low, proj, scan_flops + 2 * batch * K * channels * rank * L)):
-        args = (inputs["x"], delta, *list(inputs.values())[2:], index, False, True, False, dt_proj, torch.float32)
+        args = (inputs["x"], delta, *list(inputs.values())[2:], index, False, True, False, dt_proj, torch.float32,
+                False)
         with FlopCounterMode(display=False) as counter:
             torch.ops.vssm.scan2d(*args)
         assert counter.get_total_flops() == expected

@@ -45,7 +45,6 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 import kernels
-import scans
 
 from ._backbone import build_family_model, imagenet_cfg
 from .layers import SS2D, VSSBlock, init_vssm_weights
@@ -135,34 +134,20 @@ class DirectionGate(nn.Module):
         return (y * weight.unsqueeze(-1)).sum(dim=1)
 
 
-def _official_v_positions(H: int, W: int) -> torch.Tensor:
-    """Where the official code puts the t-th output of the column-major scan back: t = i*W + j -> j*H + i
-    (the exact inverse, t = w*H + h -> h*W + w, differs unless H == W)."""
-    return torch.arange(H * W).view(W, H).t().reshape(-1)
-
-
 @lru_cache(maxsize=256)
-def _merge_index(pattern: scans.ScanPattern, directions: Tuple[str, ...], official_v_merge: bool, H: int, W: int,
-                 device: torch.device) -> torch.Tensor:
-    """Inverse of the window pattern's index map, per direction (with the official ``v`` placement on request).
-    Shapes never depend on values, so torch.compile traces it into constants without a graph break."""
-    positions = pattern.index_map(H, W).clone()  # (K, L): sequence slot -> flat position / PAD
-    K, L = positions.shape
-    if official_v_merge and H != W:
-        v_pos = _official_v_positions(H, W)
-        for k, name in enumerate(directions):
-            if name in ("v", "v_flip"):
-                positions[k] = scans.PAD
-                positions[k, : H * W] = v_pos if name == "v" else v_pos.flip(0)
-    # slot of every position; padding slots all land in an extra column, dropped
-    target = torch.where(positions == scans.PAD, H * W, positions)
-    index = torch.full((K, H * W + 1), -1, dtype=torch.int64).scatter(1, target, torch.arange(L).expand(K, L))
-    index = index[:, : H * W]
-    if not torch.compiler.is_compiling():  # eager (built once per size): every direction covers the map once
-        for k in range(K):
-            if int((positions[k] != scans.PAD).sum()) != H * W or bool((index[k] < 0).any()):
-                raise AssertionError(f"scan direction {directions[k]!r} does not cover the {H}x{W} map exactly once")
-    return index.to(device)
+def _official_v_order(directions: Tuple[str, ...], H: int, W: int, device: torch.device) -> torch.Tensor:
+    """``(K, H*W)`` gather index from the exact per-direction maps to the official placement: the official code
+    puts the t-th output of the column-major scan (``t = i*W + j``) at flat position ``j*H + i``, the inverse of
+    that scan only when H == W; ``v_flip`` likewise on the reversed order. Identity for the other directions.
+    Shapes never depend on values, so torch.compile traces it into a constant."""
+    q = torch.arange(H * W)
+    slot = (q % H) * W + q // H  # the slot the official code puts at position q
+    exact = (slot % H) * W + slot // H  # where the exact map holds that slot's output
+    order = q.repeat(len(directions), 1)
+    for k, name in enumerate(directions):
+        if name in ("v", "v_flip"):
+            order[k] = exact
+    return order.to(device)
 
 
 class LocalSS2D(SS2D):
@@ -185,22 +170,17 @@ class LocalSS2D(SS2D):
         self.direction_gate = DirectionGate(self.d_inner, gate_ratio,
                                             norm_layer=kwargs.get("norm_layer", nn.LayerNorm))
 
-    def _merge_index(self, H: int, W: int, device: torch.device) -> torch.Tensor:
-        """``(K, H*W)``: for each direction, the sequence slot whose output belongs at each position."""
-        return _merge_index(self.scan, self.directions, self.official_v_merge, int(H), int(W), device)
-
     def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
-        """The K outputs are needed apart (the gate weighs them), so the sequences are materialised."""
+        """One fused :func:`kernels.scan2d` that keeps the K outputs apart (``per_sequence``: the gate weighs
+        them), each in image order; with ``official_v_merge`` the ``v`` maps of a non-square map are then
+        reordered the official way. ``(B, d_inner, H, W)`` in x's dtype."""
         batch, channels, H, W = x.shape
         A, D, delta_bias = self.ssm_parameters()
-        xs = self.scan.flatten(x)  # (B, K, d_seq, L)
-        K, L = xs.shape[1], xs.shape[3]
-        ys = kernels.selective_scan(xs.reshape(batch, K * self.d_seq, L),
-                                    kernels.project_step_sizes(dts, self.dt_projs_weight), A, Bs, Cs, D, delta_bias,
-                                    backend=self.backend).float()
-        index = self._merge_index(H, W, x.device)
-        index = index[None, :, None, :].expand(batch, K, self.d_seq, H * W)
-        maps = ys.view(batch, K, self.d_seq, L).gather(3, index)
+        maps = kernels.scan2d(x, dts, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend,
+                              dt_proj=self.dt_projs_weight, out_dtype=x.dtype, per_sequence=True).flatten(3)
+        if self.official_v_merge and H != W and any(name in ("v", "v_flip") for name in self.directions):
+            order = _official_v_order(self.directions, int(H), int(W), x.device)
+            maps = maps.gather(3, order[None, :, None, :].expand(maps.shape))
         return self.direction_gate(maps).view(batch, channels, H, W)
 
     def extra_repr(self) -> str:
