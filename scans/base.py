@@ -73,13 +73,19 @@ class ScanPattern:
         flat = torch.cat([t.reshape(batch, K, c, H * W), t.new_zeros(batch, K, c, 1)], dim=3)
         return flat.gather(3, index[None, :, None, :].expand(batch, K, c, index.shape[1]))
 
-    def merge(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """``(B, K, C_k, L)`` -> ``(B, C, H, W)``: each token's output added back at its position."""
+    def _sequences_index(self, y: torch.Tensor, size: Sequence[int], caller: str) -> torch.Tensor:
+        """The device index map for ``size``, after checking that ``y`` holds K sequences of its length."""
         H, W = size
         index = self._device_index(H, W, y.device)
         if y.dim() != 4 or y.shape[1] != self.K or y.shape[3] != index.shape[1]:
-            raise ValueError(f"{self.name}.merge expects (B, {self.K}, C_k, {index.shape[1]}) for a {H}x{W} map, "
+            raise ValueError(f"{self.name}.{caller} expects (B, {self.K}, C_k, {index.shape[1]}) for a {H}x{W} map, "
                              f"got {tuple(y.shape)}")
+        return index
+
+    def merge(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """``(B, K, C_k, L)`` -> ``(B, C, H, W)``: each token's output added back at its position."""
+        H, W = size
+        index = self._sequences_index(y, size, "merge")
         batch, _, c_k, length = y.shape
         if self.split_channels:
             return self.scatter(y, size).reshape(batch, self.K * c_k, H, W)
@@ -91,10 +97,7 @@ class ScanPattern:
         """``(B, K, c, L)`` -> ``(B, K, c, H, W)``: the inverse of :meth:`gather`, each sequence's outputs at their
         positions in a map of its own (zero where a sequence does not pass; padding tokens dropped)."""
         H, W = size
-        index = self._device_index(H, W, y.device)
-        if y.dim() != 4 or y.shape[1] != self.K or y.shape[3] != index.shape[1]:
-            raise ValueError(f"{self.name}.scatter expects (B, {self.K}, c, {index.shape[1]}) for a {H}x{W} map, "
-                             f"got {tuple(y.shape)}")
+        index = self._sequences_index(y, size, "scatter")
         batch, K, c, length = y.shape
         out = y.new_zeros(batch, K, c, H * W + 1)
         out = out.scatter_add(3, index[None, :, None, :].expand(batch, K, c, length), y)

@@ -63,6 +63,26 @@ def test_gather_reads_slice_k_in_order_of_sequence_k(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_scatter_inverts_gather_where_sequences_pass(case):
+    """scatter(gather(x)) keeps x where sequence k passes (every position, unless the sequences cover parts) and
+    is zero elsewhere; a position passed twice by one sequence would be doubled."""
+    name, options, _ = case
+    pattern = scans.build(name, **options)
+    H, W = 5, 7
+    x = torch.randn(2, pattern.K, 3, H, W)
+    back = pattern.scatter(pattern.gather(x), (H, W))
+    index = pattern.index_map(H, W)
+    for k in range(pattern.K):
+        passed = torch.zeros(H * W, dtype=torch.bool)
+        passed[index[k][index[k] != PAD]] = True
+        assert bool(passed.all()) or not pattern.sequences_cover_map
+        assert torch.equal(back[:, k].flatten(2)[..., passed], x[:, k].flatten(2)[..., passed])
+        assert (back[:, k].flatten(2)[..., ~passed] == 0).all()
+    with pytest.raises(ValueError, match="scatter expects"):
+        pattern.scatter(torch.randn(2, pattern.K, 3, index.shape[1] + 1), (H, W))
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_flatten_then_merge_counts_each_position_K_times(case, size):
     name, options, channels = case
