@@ -66,7 +66,8 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
            pattern: Union[str, "scans.ScanPattern"] = "cross", delta_softplus: bool = True,
            backend: str = "auto", dt_proj: Optional[torch.Tensor] = None,
            out_dtype: Optional[torch.dtype] = None, per_sequence: bool = False) -> torch.Tensor:
-    """Selective scan of a 2D map along ``pattern``, outputs of the K sequences summed at their positions.
+    """Selective scan of a 2D map along ``pattern``, outputs of the K sequences summed at their positions (or
+    kept apart, ``per_sequence``).
 
     Args:
         x: ``(batch, C, H, W)``, any strides (channels-last needs no copy).

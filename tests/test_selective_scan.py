@@ -215,6 +215,14 @@ def test_scan2d_bad_inputs():
         kernels.scan2d(torch.randn(1, 6, 3, 3), **ok, pattern=scans.build("group"))
     with pytest.raises(ValueError, match="backend"):
         kernels.scan2d(x, **ok, backend="cuda-please")
+    atrous = scans.build("atrous")  # its sequences each visit a quarter of the map
+    L_atrous = atrous.sequence_length(3, 3)
+    with pytest.raises(ValueError, match="per_sequence needs a pattern whose every sequence visits every position"):
+        kernels.scan2d(x, **{**ok, "delta": torch.randn(1, 16, L_atrous), "B": torch.randn(1, 4, 1, L_atrous),
+                             "C": torch.randn(1, 4, 1, L_atrous)}, pattern=atrous, per_sequence=True)
+    # per_sequence: the K maps sum to the merged output
+    maps = kernels.scan2d(x, **ok, per_sequence=True)
+    assert maps.shape == (1, 4, 4, 3, 3) and torch.allclose(maps.sum(1), kernels.scan2d(x, **ok), atol=1e-5)
     low = torch.randn(1, 4, 2, L)
     with pytest.raises(ValueError, match=r"dt_proj must be \(K=4, C_k=4, R\)"):
         kernels.scan2d(x, **{**ok, "delta": low}, dt_proj=torch.randn(4, 3, 2))
