@@ -87,3 +87,22 @@ def test_compiled_block_recomputes_activations_instead_of_saving_them():
     assert saved_plain - saved >= tokens * (hidden + dim), (saved, saved_plain)
     for g, p in zip(grads, list(plain.parameters()) + [x]):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_grad_checkpointing_nests_the_recomputed_activations():
+    """timm grad checkpointing (whole blocks) around the activations' own checkpoints compiles as one graph and
+    gives eager's loss and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = timm.create_model("vmamba_nano", num_classes=5)
+    eager = timm.create_model("vmamba_nano", num_classes=5)
+    eager.load_state_dict(model.state_dict())
+    model.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 64, 64)
+    loss = torch.compile(model, fullgraph=True, backend="aot_eager")(x).square().mean()
+    loss.backward()
+    loss_eager = eager(x).square().mean()
+    loss_eager.backward()
+    assert torch.allclose(loss, loss_eager, rtol=1e-5, atol=1e-7)
+    for (n, p), q in zip(model.named_parameters(), eager.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), n
