@@ -3,7 +3,8 @@ the same kernels over a 2D map for :func:`kernels.scan2d`.
 
 Layout (all contiguous along L): ``u, delta (batch, G*D, L)``, ``A (G*D, N)``, ``B, C (batch, G, N, L)``,
 ``D, delta_bias (G*D,)``. For ``scan2d`` (GATHER) ``u`` and ``y`` are instead 2D maps read and accumulated
-through a scan pattern's index map (see "Addressing" below).
+through a scan pattern's index map, or ``y`` is K per-sequence maps written without a sum (PER_SEQ); see
+"Addressing" below.
 
 One program owns ``BLOCK_D`` channels of one (batch, group) and walks the sequence in chunks of ``BLOCK_L``
 steps; inside a chunk the recurrence is an associative scan over the pairs ``(decay, drive)``, and the state
