@@ -97,8 +97,8 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
         raise ValueError(f"scan2d: per_sequence needs a pattern whose every sequence visits every position; "
                          f"{pattern.name!r} does not")
     name = resolve_backend(backend, x.device)
-    if out_dtype is None:
-        out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sum_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out_dtype = sum_dtype if out_dtype is None else out_dtype
     if name == "triton" and x.dtype != torch.float64:
         index = _index_on(pattern, H, W, x.device)
         needs_grad = torch.is_grad_enabled() and any(
@@ -110,7 +110,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
         delta = project_step_sizes(delta, dt_proj)
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
     ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
-    ys = ys.view(xs.shape).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    ys = ys.view(xs.shape).to(sum_dtype)
     return (pattern.scatter(ys, (H, W)) if per_sequence else pattern.merge(ys, (H, W))).to(out_dtype)
 
 

@@ -554,8 +554,8 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
                           length, dg, groups, n_state, n_chunks, width, *_map_strides(u, index),
                           *_out_strides(grad_y, index), SOFTPLUS=bool(delta_softplus), GATHER=index is not None,
                           SPLIT=bool(split), PER_SEQ=grad_y.dim() == 5, HAVE_STATES=have_states,
-                          REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
-                          num_warps=cfg["num_warps"])
+                          REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"],
+                          BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
     return (ddelta, dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
 

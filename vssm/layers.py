@@ -298,9 +298,15 @@ class SS2D(nn.Module):
         ``(B, d_inner, H, W)`` in x's dtype (summed in float32, rounded once). One fused :func:`kernels.scan2d`,
         which also projects the low-rank ``dts`` to the step sizes (no ``(B, K*d_seq, L)`` delta tensor is saved
         for the backward). Subclasses with another fusion of the K directions override this."""
+        return self.fused_scan(x, dts, Bs, Cs)
+
+    def fused_scan(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
+                   per_sequence: bool = False) -> torch.Tensor:
+        """:func:`kernels.scan2d` of ``x`` with this mixer's SSM parameters, output in x's dtype: the K outputs
+        summed ``(B, d_inner, H, W)``, or apart ``(B, K, d_seq, H, W)`` with ``per_sequence``."""
         A, D, delta_bias = self.ssm_parameters()
         return kernels.scan2d(x, dts, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend,
-                              dt_proj=self.dt_projs_weight, out_dtype=x.dtype)
+                              dt_proj=self.dt_projs_weight, out_dtype=x.dtype, per_sequence=per_sequence)
 
     def scan_core(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, d_inner, H, W)`` -> ``(B, d_inner, H, W)`` (float32 or x's dtype): project, scan, merge."""

@@ -44,8 +44,6 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-import kernels
-
 from ._backbone import build_family_model, imagenet_cfg
 from .layers import SS2D, VSSBlock, init_vssm_weights
 from .vmamba import VMamba
@@ -175,9 +173,7 @@ class LocalSS2D(SS2D):
         them), each in image order; with ``official_v_merge`` the ``v`` maps of a non-square map are then
         reordered the official way. ``(B, d_inner, H, W)`` in x's dtype."""
         batch, channels, H, W = x.shape
-        A, D, delta_bias = self.ssm_parameters()
-        maps = kernels.scan2d(x, dts, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend,
-                              dt_proj=self.dt_projs_weight, out_dtype=x.dtype, per_sequence=True).flatten(3)
+        maps = self.fused_scan(x, dts, Bs, Cs, per_sequence=True).flatten(3)  # (B, K, d_seq, H*W)
         if self.official_v_merge and H != W and any(name in ("v", "v_flip") for name in self.directions):
             order = _official_v_order(self.directions, int(H), int(W), x.device)
             maps = maps.gather(3, order[None, :, None, :].expand(maps.shape))
