@@ -60,9 +60,9 @@ def synthetic_official_checkpoint(official_name: str, seed: int = 0) -> Dict:
     return {"model": synthetic_official_state_dict(official_name, seed), "epoch": 300}
 
 
-def load_flops_tool():
-    """``tools/flops.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("vssm_flops_tool", os.path.join(REPO, "tools", "flops.py"))
+def load_tool(name: str):
+    """``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"vssm_{name}_tool", os.path.join(REPO, "tools", f"{name}.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool

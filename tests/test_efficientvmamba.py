@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from _helpers import create_meta, load_flops_tool, n_params, read_key_file, synthetic_official_checkpoint
+from _helpers import create_meta, load_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 import scans
 import vssm
@@ -242,7 +242,7 @@ def test_bad_inputs(tiny):
 # ---- FLOPs ----------------------------------------------------------------------------------------
 
 def test_flops_tool_matches_published():
-    tool = load_flops_tool()
+    tool = load_tool("flops")
     for name, published in (("efficient_vmamba_tiny", 0.8), ("efficient_vmamba_small", 1.3)):
         result = tool.count_model(create_meta(name), (3, 224, 224))
         assert result["params"] == OFFICIAL[name][1]

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from _helpers import load_flops_tool, n_params, read_key_file, synthetic_official_checkpoint
+from _helpers import load_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 import scans
 import vssm
@@ -288,7 +288,7 @@ def test_bad_inputs(small):
 # ---- FLOPs ----------------------------------------------------------------------------------------
 
 def test_flops_tool_close_to_published():
-    tool = load_flops_tool()
+    tool = load_tool("flops")
     result = tool.count_model(copy.deepcopy(built("local_vmamba_tiny")), (3, 224, 224))  # moved to meta
     assert result["params"] == 25_527_160
     # published 5.7G counts LayerNorms (fvcore) that flop_counter does not: ~0.09G for the tiny model

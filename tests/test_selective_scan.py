@@ -4,6 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
+from _helpers import load_tool
 from kernels.reference import selective_scan_reference
 
 
@@ -233,3 +234,10 @@ def test_scan2d_bad_inputs():
     y = kernels.scan2d(x, **{**ok, "delta": low}, dt_proj=proj)
     y_ref = kernels.scan2d(x, **{**ok, "delta": torch.einsum("bkrl,kdr->bkdl", low, proj).reshape(1, 16, L)})
     assert torch.allclose(y, y_ref, atol=1e-5)
+
+
+def test_benchmark_rejects_a_negative_dt_rank(capsys):
+    """The scan2d benchmark refuses ``--dt-rank -1`` with a message, before it looks for a GPU."""
+    with pytest.raises(SystemExit):
+        load_tool("benchmark").main(["scan2d", "--dt-rank", "-1"])
+    assert "argument --dt-rank: must be 0 or more, got -1" in capsys.readouterr().err

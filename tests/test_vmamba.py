@@ -8,7 +8,7 @@ import timm
 import timm.optim
 import torch
 
-from _helpers import create_meta, load_flops_tool, n_params, read_key_file, synthetic_official_checkpoint
+from _helpers import create_meta, load_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 import scans
 import vssm
@@ -274,7 +274,7 @@ def test_bad_inputs(nano):
 # ---- FLOPs ----------------------------------------------------------------------------------------
 
 def test_flops_tool_matches_published():
-    tool = load_flops_tool()
+    tool = load_tool("flops")
     result = tool.count_model(create_meta("vmamba_tiny"), (3, 224, 224))
     assert result["params"] == 30_249_064
     assert abs(result["flops"] / 1e9 - 4.9) / 4.9 < 0.03

@@ -380,6 +380,13 @@ def _bench_one_model(name, backend, compiled, args):
     return args.batch / t_inf * 1e3, args.batch / t_train * 1e3, peak
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -405,7 +412,7 @@ def main(argv=None):
     s2.add_argument("--channels", type=int, default=96)
     s2.add_argument("--size", type=int, default=56, help="H = W of the map")
     s2.add_argument("--state", type=int, default=1)
-    s2.add_argument("--dt-rank", type=int, default=0,
+    s2.add_argument("--dt-rank", type=_non_negative, default=0,
                     help="R > 0: delta is low-rank (batch, K, R, L), projected inside the op (dt_proj)")
     s2.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     s2.add_argument("--backends", default="chunked", help="PyTorch backends for unfused baseline rows")
