@@ -11,7 +11,6 @@ The fused path is the custom op ``vssm::scan2d`` (fake implementation and autogr
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional, Union
 
 import torch
@@ -24,17 +23,30 @@ from .selective_scan import resolve_backend, selective_scan
 __all__ = ["scan2d", "project_step_sizes"]
 
 
-@lru_cache(maxsize=256)
-def _index_on(pattern: scans.ScanPattern, H: int, W: int, device: torch.device) -> torch.Tensor:
-    """The pattern's ``(K, L)`` index map as int32 on ``device`` (``scans.PAD`` = -1 kept)."""
-    return pattern.index_map(H, W).to(device=device, dtype=torch.int32)
+def rank_padded_operands(low: torch.Tensor, dt_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight (K, C_k, R8), low (K, R8, batch*L))`` in ``low``'s dtype, the rank zero-padded to a multiple of 8:
+    the step-size projection as one matrix product per sequence over all ``batch*L`` steps. (Batched over
+    ``batch`` with rank 6 and L = 49 .. 3136, cuBLAS took 1.5-4x longer: rows of 12 bytes miss the tensor cores'
+    16-byte alignment, and short L makes thin products.)"""
+    batch, K, R, length = low.shape
+    rank8 = -(-R // 8) * 8
+    low_t = low.new_zeros(K, rank8, batch, length)
+    low_t[:, :R] = low.permute(1, 2, 0, 3)
+    weight = low.new_zeros(K, dt_proj.shape[1], rank8)
+    weight[..., :R] = dt_proj
+    return weight, low_t.view(K, rank8, batch * length)
 
 
 def project_step_sizes(low: torch.Tensor, dt_proj: torch.Tensor) -> torch.Tensor:
     """Step sizes ``(batch, K*C_k, L)`` from the low-rank dt ``(batch, K, R, L)`` and ``dt_proj (K, C_k, R)``,
-    in ``low``'s dtype: ``delta[b, k*C_k + d, l] = sum_r dt_proj[k, d, r] low[b, k, r, l]``."""
-    batch, _, _, length = low.shape
-    return torch.matmul(dt_proj.to(low.dtype), low).reshape(batch, -1, length)
+    in ``low``'s dtype: ``delta[b, k*C_k + d, l] = sum_r dt_proj[k, d, r] low[b, k, r, l]``. Laid out
+    ``(K*C_k, batch, L)`` in memory (see :func:`rank_padded_operands`); the Triton kernels read any such layout."""
+    return steps_from_operands(*rank_padded_operands(low, dt_proj), low.shape[0])
+
+
+def steps_from_operands(weight: torch.Tensor, low: torch.Tensor, batch: int) -> torch.Tensor:
+    """The step sizes ``(batch, K*C_k, L)`` from :func:`rank_padded_operands`."""
+    return torch.bmm(weight, low).view(-1, batch, low.shape[2] // batch).transpose(0, 1)
 
 
 def _check(x, delta, A, B, C, pattern, dt_proj):
@@ -100,7 +112,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     sum_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     out_dtype = sum_dtype if out_dtype is None else out_dtype
     if name == "triton" and x.dtype != torch.float64:
-        index = _index_on(pattern, H, W, x.device)
+        index = pattern.device_index(H, W, x.device, torch.int32)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, dt_proj))
         y, _states = torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,

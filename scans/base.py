@@ -1,12 +1,17 @@
 """Scan patterns as data: an index map per feature-map size, plus gather (flatten) and scatter-add (merge)."""
 from __future__ import annotations
 
+import itertools
+import weakref
 from functools import lru_cache
 from typing import Sequence
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 PAD = -1  # index-map value of a padding token: zero on input, output dropped on merge
+_LIVE_PATTERNS: "weakref.WeakValueDictionary[str, ScanPattern]" = weakref.WeakValueDictionary()  # key -> pattern
+_KEYS = itertools.count()
 
 
 class ScanPattern:
@@ -23,6 +28,8 @@ class ScanPattern:
 
     def __init__(self, num_sequences: int):
         self.K = num_sequences
+        self.key = f"{type(self).__name__}-{next(_KEYS)}"  # names this instance in the compiled-graph index op
+        _LIVE_PATTERNS[self.key] = self
 
     def build_index(self, H: int, W: int) -> torch.Tensor:
         """``(K, L)`` int64 tensor of flat positions ``h * W + w`` (``PAD`` for padding tokens)."""
@@ -35,7 +42,7 @@ class ScanPattern:
         return _cached_index(self, int(H), int(W))
 
     def sequence_length(self, H: int, W: int) -> int:
-        return self.index_map(H, W).shape[1]
+        return self.device_index(H, W, "cpu").shape[1]
 
     def channels_per_sequence(self, channels: int) -> int:
         if not self.split_channels:
@@ -44,9 +51,19 @@ class ScanPattern:
             raise ValueError(f"{self.name}: {channels} channels cannot be split into {self.K} equal groups")
         return channels // self.K
 
+    def device_index(self, H: int, W: int, device: torch.device, dtype: torch.dtype = torch.int64,
+                     pad: int = PAD) -> torch.Tensor:
+        """The index map on ``device`` in ``dtype``, ``PAD`` replaced by ``pad``; cached per (size, device).
+
+        Under ``torch.compile`` it is the opaque op ``vssm::scan_index``: traced through, the map would be rebuilt
+        by CPU ops and copied from the host (a stream synchronisation) in every call of the compiled graph."""
+        if torch.compiler.is_compiling():
+            return torch.ops.vssm.scan_index(self.key, int(H), int(W), torch.device(device), dtype, int(pad))
+        return _cached_device_index(self, int(H), int(W), torch.device(device), dtype, int(pad))
+
     def _device_index(self, H: int, W: int, device: torch.device) -> torch.Tensor:
         """Index map with ``PAD`` replaced by ``H * W`` (a zero slot appended to the flat map)."""
-        return _cached_device_index(self, int(H), int(W), device)
+        return self.device_index(H, W, device, pad=H * W)
 
     def flatten(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` (any memory format) -> ``(B, K, C_k, L)``."""
@@ -116,10 +133,24 @@ def _cached_index(pattern: ScanPattern, H: int, W: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=256)
-def _cached_device_index(pattern: ScanPattern, H: int, W: int, device: torch.device) -> torch.Tensor:
-    index = pattern.index_map(H, W).clone()
-    index[index == PAD] = H * W
-    return index.to(device)
+def _cached_device_index(pattern: ScanPattern, H: int, W: int, device: torch.device, dtype: torch.dtype,
+                         pad: int) -> torch.Tensor:
+    index = pattern.index_map(H, W)
+    return torch.where(index == PAD, pad, index).to(device=device, dtype=dtype)
+
+
+@torch.library.custom_op("vssm::scan_index", mutates_args=())
+def _scan_index_op(key: str, H: int, W: int, device: torch.device, dtype: torch.dtype, pad: int) -> torch.Tensor:
+    """:meth:`ScanPattern.device_index` of the live pattern ``key`` (a copy: an op's output owns its memory)."""
+    return _cached_device_index(_LIVE_PATTERNS[key], H, W, device, dtype, pad).clone()
+
+
+@_scan_index_op.register_fake
+def _(key, H, W, device, dtype, pad):
+    pattern = _LIVE_PATTERNS[key]
+    with unset_fake_temporarily():  # the real (cached) CPU map, not a fake one built under the tracer
+        length = pattern.index_map(H, W).shape[1]
+    return torch.empty(pattern.K, length, device=device, dtype=dtype)
 
 
 # --- building blocks for index maps ------------------------------------------------------------------

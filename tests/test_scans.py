@@ -174,3 +174,25 @@ def test_bad_inputs():
         pattern.merge(torch.randn(1, 3, 2, 6), (2, 3))
     with pytest.raises(ValueError, match="at least 1x1"):
         pattern.index_map(0, 4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_compiled_graph_takes_index_maps_from_the_cache(case):
+    """Under torch.compile the index maps come from the ``vssm::scan_index`` op (the cached map), not from the
+    build traced into the graph (CPU ops and a host copy in every call); results match eager at two sizes."""
+    import torch._dynamo
+    name, options, channels = case
+    pattern = scans.build(name, **options)
+
+    def roundtrip(x):
+        return pattern.merge(pattern.flatten(x), x.shape[2:]) + pattern.sequence_length(*x.shape[2:])
+
+    x = torch.randn(2, channels * pattern.K, 5, 7)
+    graph = torch._dynamo.explain(roundtrip)(x).graphs[0].code
+    assert "vssm.scan_index" in graph and "arange" not in graph
+    compiled = torch.compile(roundtrip, backend="aot_eager", fullgraph=True)
+    for size in [(5, 7), (6, 3)]:
+        x = torch.randn(2, channels * pattern.K, *size)
+        torch.testing.assert_close(compiled(x), roundtrip(x))
+    index = torch.ops.vssm.scan_index(pattern.key, 6, 3, torch.device("cpu"), torch.int32, 18)
+    assert index.dtype == torch.int32 and torch.equal(index, pattern.device_index(6, 3, "cpu", pad=18).int())

@@ -120,6 +120,18 @@ def test_without_softplus(triton_scan):
 
 
 @kernel_test
+def test_projection_grad_summed_per_image_or_at_once(triton_scan, monkeypatch):
+    """The dt_proj gradient (padded rank) is ``ddelta @ low^T`` over all steps, whichever way it is summed."""
+    batch, K, channels, rank8, length = 3, 2, 5, 8, 7
+    ddelta = torch.randn(K, channels, batch * length, dtype=torch.float64)
+    low = torch.randn(K, rank8, batch * length, dtype=torch.float64)
+    expected = torch.einsum("kcs,krs->kcr", ddelta, low)
+    for threshold in (length, length + 1):  # per image, then one product
+        monkeypatch.setattr(triton_scan, "PER_IMAGE_PROJECTION_GRAD", threshold)
+        torch.testing.assert_close(triton_scan._projection_grad(ddelta, low, batch).double(), expected)
+
+
+@kernel_test
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(triton_scan, dtype):
     batch, groups, d, n, length = (2, 4, 32, 16, 500) if CUDA else (1, 2, 2, 4, 9)
@@ -260,12 +272,11 @@ def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, ch
                                            save_states):
     """Forward and gradients; the backward either reuses the forward's chunk-start states or recomputes them."""
     import scans
-    from kernels.scan2d import _index_on
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name, **options)
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, channels_last)
-    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    index = pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
     y, states = triton_scan.scan2d_forward(*inputs.values(), index, pattern.split_channels, True, save_states)
     grad_y = torch.randn_like(y)
     y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y)
@@ -288,12 +299,11 @@ def test_scan2d_per_sequence_maps(triton_scan, name, options, batch, channels, H
     """per_sequence: the K outputs each at their positions in a map of their own, stored in the output dtype;
     gradients through the K maps."""
     import scans
-    from kernels.scan2d import _index_on
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name, **options)
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
-    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    index = pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
     for dtype in (torch.float32, torch.bfloat16):
         y, states = triton_scan.scan2d_forward(*inputs.values(), index, pattern.split_channels, True, True, None,
                                                dtype, True)
@@ -312,12 +322,11 @@ def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
     """Default configs: the forward's chunks (BLOCK_L 64 here) are longer than the backward's (32), so the forward
     stores states inside its chunks; the backward must still match the reference."""
     import scans
-    from kernels.scan2d import _index_on
     pattern = scans.build("cross")
     H, W = (6, 7) if not CUDA else (40, 50)
     assert (triton_scan.pick_config(1, H * W, 2)["BLOCK_L"] > triton_scan.state_chunk(1, H * W, 2))
     inputs = scan2d_inputs(pattern, 1, 2, H, W, 1, torch.float32, DEVICE, True)
-    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    index = pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
     y, states = triton_scan.scan2d_forward(*inputs.values(), index, False, True, True)
     assert states.shape[1] == -(-H * W // triton_scan.state_chunk(1, H * W, 2))
     grad_y = torch.randn_like(y)
@@ -339,7 +348,6 @@ def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
 def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
     """dt_proj (K, C_k, R) and the low-rank dt (batch, K, R, L): delta is projected in the op; gradients of both."""
     import scans
-    from kernels.scan2d import _index_on
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name)
@@ -347,9 +355,9 @@ def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
     K, L = pattern.K, pattern.sequence_length(H, W)
     ck = pattern.channels_per_sequence(channels)
-    low = torch.randn(batch, K, rank, L, device=DEVICE)
+    low = torch.randn(batch, K, rank + 2, L, device=DEVICE)[:, :, :rank]  # a slice, as the models' x_dbl gives it
     proj = torch.randn(K, ck, rank, device=DEVICE) * 0.3
-    index = _index_on(pattern, H, W, torch.device(DEVICE))
+    index = pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
     args = dict(inputs, delta=low)
     y, states = triton_scan.scan2d_forward(*args.values(), index, pattern.split_channels, True, True, proj)
     grad_y = torch.randn_like(y)
@@ -376,13 +384,12 @@ def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_scan2d_low_precision(triton_scan, dtype):
     import scans
-    from kernels.scan2d import _index_on
     size = (2, 64, 20, 24, 1) if CUDA else (1, 4, 3, 4, 1)
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
     inputs = scan2d_inputs(pattern, *size, dtype, DEVICE, True)
-    index = _index_on(pattern, size[2], size[3], torch.device(DEVICE))
+    index = pattern.device_index(size[2], size[3], torch.device(DEVICE), torch.int32)
     y, states = triton_scan.scan2d_forward(*inputs.values(), index, False, True, True)
     grad_y = torch.randn_like(y)
     y_ref, grads_ref = scan2d_reference(pattern, inputs, grad_y)
@@ -396,14 +403,13 @@ def cross_op_inputs(triton_scan, batch, channels, H, W, n):
     """Inputs of the ``vssm::scan2d`` op for the cross pattern (tiny tiles under the interpreter): the tensors,
     requiring grad, and the index map."""
     import scans
-    from kernels.scan2d import _index_on
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
     for v in inputs.values():
         v.requires_grad_(True)
-    return inputs, _index_on(pattern, H, W, torch.device(DEVICE))
+    return inputs, pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
 
 
 @kernel_test
@@ -439,7 +445,6 @@ def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan, per_sequence):
     """torch.library.opcheck (schema, fake tensors vs real outputs incl. strides, autograd registration) on
     inputs that are views with unusual strides, as compiled graphs hand them over; summed or per-sequence maps."""
     import scans
-    from kernels.scan2d import _index_on
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
@@ -447,7 +452,7 @@ def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan, per_sequence):
     K, L = pattern.K, 20
     low = torch.randn(2, K, L, 3, device=DEVICE).transpose(2, 3)  # (b, K, R, L) view, R innermost in memory
     proj = torch.randn(K, 3, 3, device=DEVICE)
-    index = _index_on(pattern, 4, 5, torch.device(DEVICE))
+    index = pattern.device_index(4, 5, torch.device(DEVICE), torch.int32)
     args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, True, proj, torch.bfloat16,
             per_sequence)
     torch.library.opcheck(torch.ops.vssm.scan2d.default, args)

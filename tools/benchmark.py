@@ -236,8 +236,7 @@ def bench_scan2d(args):
     grad_y = torch.randn(b, C, H, W, device="cuda")
     if args.sweep:
         from kernels import triton_scan as ts
-        from kernels.scan2d import _index_on
-        index = _index_on(pattern, H, W, torch.device("cuda"))
+        index = pattern.device_index(H, W, torch.device("cuda"), torch.int32)
         vals = [v.detach() for v in inputs.values()]
         saved = {}  # chunk length -> the forward's states (the backward keeps the forward's chunks)
 
