@@ -68,11 +68,11 @@ def triton_scan(monkeypatch):
 
 
 # (batch, groups, d, n, length, config override): odd lengths, several chunks, groups spanning one or several
-# programs (atomic dB/dC), padded N, both ways of running the reverse scan.
+# programs (atomic dB/dC), padded N, both ways of running the reverse scan, loads with and without prefetch.
 INTERP_CASES = [
     (2, 1, 3, 1, 13, dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)),
     (1, 4, 2, 16, 11, dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)),
-    (1, 2, 3, 16, 13, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, REVERSE_BY_FLIP=True)),
+    (1, 2, 3, 16, 13, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, REVERSE_BY_FLIP=False, PREFETCH=False)),
     (2, 2, 3, 3, 20, dict(BLOCK_D=2, BLOCK_L=16, num_warps=1)),
     (1, 1, 2, 1, 1, {}),
     (1, 2, 2, 1, 37, {}),
@@ -82,7 +82,7 @@ CUDA_CASES = [
     (2, 4, 48, 1, 777, {}),
     (3, 1, 20, 16, 1001, {}),
     (2, 4, 24, 16, 196, {}),
-    (2, 4, 24, 16, 333, dict(REVERSE_BY_FLIP=True)),
+    (2, 4, 24, 16, 333, dict(REVERSE_BY_FLIP=False, PREFETCH=False)),
     (1, 2, 5, 3, 65, {}),
     (1, 1, 2, 1, 1, {}),
 ]
