@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 import scans
@@ -29,12 +30,9 @@ def rank_padded_operands(low: torch.Tensor, dt_proj: torch.Tensor) -> tuple[torc
     ``batch`` with rank 6 and L = 49 .. 3136, cuBLAS took 1.5-4x longer: rows of 12 bytes miss the tensor cores'
     16-byte alignment, and short L makes thin products.)"""
     batch, K, R, length = low.shape
-    rank8 = -(-R // 8) * 8
-    low_t = low.new_zeros(K, rank8, batch, length)
-    low_t[:, :R] = low.permute(1, 2, 0, 3)
-    weight = low.new_zeros(K, dt_proj.shape[1], rank8)
-    weight[..., :R] = dt_proj
-    return weight, low_t.view(K, rank8, batch * length)
+    pad = -R % 8
+    low_t = F.pad(low.permute(1, 2, 0, 3), (0, 0, 0, 0, 0, pad)).reshape(K, R + pad, batch * length)
+    return F.pad(dt_proj.to(low.dtype), (0, pad)), low_t
 
 
 def project_step_sizes(low: torch.Tensor, dt_proj: torch.Tensor) -> torch.Tensor:
@@ -119,7 +117,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
                                            bool(delta_softplus), needs_grad, dt_proj, out_dtype, per_sequence)
         return y
     if dt_proj is not None:
-        delta = project_step_sizes(delta, dt_proj)
+        delta = project_step_sizes(delta, dt_proj).contiguous()  # the PyTorch backends take the usual layout
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
     ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
     ys = ys.view(xs.shape).to(sum_dtype)
