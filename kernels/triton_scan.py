@@ -2,9 +2,9 @@
 the same kernels over a 2D map for :func:`kernels.scan2d`.
 
 Layout (all contiguous along L): ``u, delta (batch, G*D, L)`` (delta with any batch / channel strides, e.g. the
-``(G*D, batch, L)`` memory of a projection), ``A (G*D, N)``, ``B, C (batch, G, N, L)``, ``D, delta_bias (G*D,)``. For ``scan2d`` (GATHER) ``u`` and ``y`` are instead 2D maps read and accumulated
-through a scan pattern's index map, or ``y`` is K per-sequence maps written without a sum (PER_SEQ); see
-"Addressing" below.
+``(G*D, batch, L)`` memory of a projection), ``A (G*D, N)``, ``B, C (batch, G, N, L)``, ``D, delta_bias (G*D,)``.
+For ``scan2d`` (GATHER) ``u`` and ``y`` are instead 2D maps read and accumulated through a scan pattern's index
+map, or ``y`` is K per-sequence maps written without a sum (PER_SEQ); see "Addressing" below.
 
 One program owns ``BLOCK_D`` channels of one (batch, group) and walks the sequence in chunks of ``BLOCK_L``
 steps; inside a chunk the recurrence is an associative scan over the pairs ``(decay, drive)``, and the state
@@ -85,11 +85,19 @@ def _chunk_scan(pre, u, Bt, A2, mask, SOFTPLUS: tl.constexpr):
     """One chunk from a zero state: ``(dt, alpha = exp(dt A), x = dt u, x B, sa, sb)`` with (sa, sb) the
     in-chunk composition of the steps ``h -> alpha h + x B``, so that ``h_t = sb_t + sa_t h_start``."""
     dt = _step_size(pre, mask, SOFTPLUS)
-    alpha = tl.exp2(dt * A2[:, None])
     x = dt * u
+    alpha, xB, sa, sb = _row_scan(dt, x, Bt, A2)
+    return dt, alpha, x, xB, sa, sb
+
+
+@triton.jit
+def _row_scan(dt, x, Bt, A2):
+    """``(alpha = exp(dt A), x B, sa, sb)`` of one chunk of (channel, state) rows from their step sizes ``dt``
+    and inputs ``x = dt u`` (see :func:`_chunk_scan`)."""
+    alpha = tl.exp2(dt * A2[:, None])
     xB = x * Bt
     sa, sb = tl.associative_scan((alpha, xB), 1, _affine_combine)
-    return dt, alpha, x, xB, sa, sb
+    return alpha, xB, sa, sb
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,7 +215,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
     and only the recurrence per (channel, state) row."""
     pid_bg = tl.program_id(1)
     g = pid_bg % G
-    n, mask_r, chan, seq, _row_off, bc_off, mask_c, chan_off = _tile(
+    n, mask_r, chan, seq, _row_off, _bc_off, mask_c, chan_off = _tile(
         tl.program_id(0), pid_bg, L, DG, G, N, sd_b, sd_c, NP, BLOCK_D)
     dd = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     A2 = tl.load(A_ptr + chan * N + n, mask=mask_r, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -251,9 +259,8 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
         b_nx = tl.load(B_ptr + bc_ptrs + (l0 + BLOCK_L), mask=mask_n & nxt[None, :], other=0.0)
         c_nx = tl.load(C_ptr + bc_ptrs + (l0 + BLOCK_L), mask=mask_n & nxt[None, :], other=0.0)
         dt = _step_size(pre, mask_cl, SOFTPLUS)
-        alpha = tl.exp2(_per_row(dt, BLOCK_D, NP, BLOCK_L) * A2[:, None])
-        xB = _per_row(dt * u, BLOCK_D, NP, BLOCK_L) * Bt
-        sa, sb = tl.associative_scan((alpha, xB), 1, _affine_combine)
+        _alpha, _xB, sa, sb = _row_scan(_per_row(dt, BLOCK_D, NP, BLOCK_L), _per_row(dt * u, BLOCK_D, NP, BLOCK_L),
+                                        Bt, A2)
         hs = sb + sa * h[:, None]
         if STORE_STATES:  # h after step l starts state chunk (l + 1) / STATE_CHUNK
             ends = ((offs_l + 1) % STATE_CHUNK == 0) & (offs_l + 1 < L)

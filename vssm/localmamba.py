@@ -137,7 +137,8 @@ def _official_v_order(directions: Tuple[str, ...], H: int, W: int, device: torch
     """``(K, H*W)`` gather index from the exact per-direction maps to the official placement: the official code
     puts the t-th output of the column-major scan (``t = i*W + j``) at flat position ``j*H + i``, the inverse of
     that scan only when H == W; ``v_flip`` likewise on the reversed order. Identity for the other directions.
-    Shapes never depend on values, so torch.compile traces it into a constant."""
+    Shapes never depend on values, so torch.compile traces it without graph breaks (but, the cache being skipped
+    by dynamo, rebuilds it in every compiled call on such a map)."""
     q = torch.arange(H * W)
     slot = (q % H) * W + q // H  # the slot the official code puts at position q
     exact = (slot % H) * W + slot // H  # where the exact map holds that slot's output
