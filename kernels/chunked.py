@@ -28,7 +28,7 @@ def chunk_length(length: int) -> int:
 
 
 def selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus=True, chunk=None):
-    """Shapes as in :func:`kernels.selective_scan`; ``chunk`` overrides the chunk length."""
+    """Shapes as in :func:`vssm.kernels.selective_scan`; ``chunk`` overrides the chunk length."""
     batch, channels, length = u.shape
     n_state = A.shape[1]
     _, log_decay, drive, skip = discretize(u, delta, A, B, D, delta_bias, delta_softplus)

@@ -42,7 +42,7 @@ def readout(states: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
 
 
 def selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
-    """One step at a time over L; shapes as in :func:`kernels.selective_scan`."""
+    """One step at a time over L; shapes as in :func:`vssm.kernels.selective_scan`."""
     _, log_decay, drive, skip = discretize(u, delta, A, B, D, delta_bias, delta_softplus)
     decay = log_decay.exp()
     h = torch.zeros_like(drive[:, :, 0])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
-import scans
+from .. import scans
 
 from .selective_scan import resolve_backend, selective_scan
 
@@ -84,7 +84,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
         delta: ``(batch, K*C_k, L)`` step sizes in sequence order (``C_k = C``, or ``C / K`` for a
             channel-splitting pattern). A: ``(K*C_k, N)``. B, C: ``(batch, K, N, L)`` in sequence order.
         D, delta_bias: ``(K*C_k,)`` or None.  pattern: a registered pattern name or a built ``ScanPattern``.
-        backend: as :func:`kernels.selective_scan`; ``"triton"`` (``auto`` on CUDA) runs the fused kernel.
+        backend: as :func:`vssm.kernels.selective_scan`; ``"triton"`` (``auto`` on CUDA) runs the fused kernel.
         dt_proj: ``(K, C_k, R)``: ``delta`` is then the low-rank ``(batch, K, R, L)`` and the step sizes are
             ``einsum('bkrl,kdr->bkdl', delta, dt_proj)``, formed inside the op and never saved for the backward.
         out_dtype: dtype of the result (the K outputs are summed in float32 and rounded once); default float32

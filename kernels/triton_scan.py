@@ -1,5 +1,5 @@
-"""Selective scan in Triton: forward and backward for the grouped layout of :func:`kernels.selective_scan`, and
-the same kernels over a 2D map for :func:`kernels.scan2d`.
+"""Selective scan in Triton: forward and backward for the grouped layout of :func:`vssm.kernels.selective_scan`, and
+the same kernels over a 2D map for :func:`vssm.kernels.scan2d`.
 
 Layout (all contiguous along L): ``u, delta (batch, G*D, L)`` (delta with any batch / channel strides, e.g. the
 ``(G*D, batch, L)`` memory of a projection), ``A (G*D, N)``, ``B, C (batch, G, N, L)``, ``D, delta_bias (G*D,)``.
@@ -587,7 +587,7 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
 
 
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
-    """y (u's dtype) of the selective scan; inputs as in :func:`kernels.selective_scan` (D, delta_bias tensors)."""
+    """y (u's dtype) of the selective scan; inputs as in :func:`vssm.kernels.selective_scan` (D, delta_bias tensors)."""
     if _fallback(u):
         from .chunked import selective_scan_chunked
         return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
@@ -625,7 +625,7 @@ def _dense_steps(delta):
 
 def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, save_states=False,
                    dt_proj=None, out_dtype=torch.float32, per_sequence=False):
-    """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`kernels.scan2d`).
+    """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`vssm.kernels.scan2d`).
 
     ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding); ``delta``
     ``(batch, K*C_k, L)``, or with ``dt_proj (K, C_k, R)`` the low-rank ``(batch, K, R, L)`` it projects (the
@@ -701,6 +701,6 @@ def _projection_grad(ddelta, low, batch):
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
-    """Differentiable Triton selective scan (CUDA tensors): ``kernels.selective_scan(..., backend="triton")``."""
+    """Differentiable Triton selective scan (CUDA tensors): ``vssm.kernels.selective_scan(..., backend="triton")``."""
     from .selective_scan import selective_scan
     return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend="triton")

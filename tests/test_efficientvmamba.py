@@ -10,7 +10,7 @@ import torch
 
 from _helpers import create_meta, load_tool, n_params, read_key_file, synthetic_official_checkpoint
 
-import scans
+from vssm import scans
 import vssm
 from vssm import CheckpointMismatchError
 from vssm.efficientvmamba import EfficientVMamba, checkpoint_filter_fn

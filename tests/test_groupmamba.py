@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from _helpers import n_params, read_key_file, synthetic_official_state_dict
 
-import scans
+from vssm import scans
 import vssm
 from vssm import CheckpointMismatchError
 from vssm.engine.distill import DistillationLoss, build_teacher, split_outputs

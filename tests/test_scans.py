@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import scans
-from scans import PAD
+from vssm import scans
+from vssm.scans import PAD
 
 # (name, options, channels) for every registered pattern; channels divisible by K for split patterns
 CASES = [

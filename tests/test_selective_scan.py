@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kernels
+from vssm import kernels
 from _helpers import load_tool
-from kernels.reference import selective_scan_reference
+from vssm.kernels.reference import selective_scan_reference
 
 
 def make_inputs(batch=2, groups=2, d=3, n=4, length=7, dtype=torch.float32, a_scale=1.0, requires_grad=False):
@@ -86,7 +86,7 @@ def test_long_sequence_strongly_negative_A_is_stable():
 
 @pytest.mark.parametrize("chunk", [1, 3, 16, 200])
 def test_chunk_length_does_not_change_result(chunk):
-    from kernels.chunked import selective_scan_chunked
+    from vssm.kernels.chunked import selective_scan_chunked
     inputs = make_inputs(batch=2, groups=2, d=2, n=4, length=50, dtype=torch.float64)
     y_ref = kernels.selective_scan(**inputs, backend="reference")
     assert torch.allclose(selective_scan_chunked(**inputs, chunk=chunk), y_ref, atol=1e-10)
@@ -174,7 +174,7 @@ def test_fake_tensor_shapes_under_meta():
 @pytest.mark.parametrize("name,options,H,W", [("cross", {}, 3, 5), ("group", {}, 4, 3), ("atrous", {}, 5, 4),
                                               ("window", {"directions": ["h", "w2_flip", "v", "w7"]}, 5, 6)])
 def test_scan2d_equals_flatten_scan_merge(name, options, H, W):
-    import scans
+    from vssm import scans
     pattern = scans.build(name, **options)
     batch, channels, n = 2, 8, 3
     K, L = pattern.K, pattern.sequence_length(H, W)
@@ -196,7 +196,7 @@ def test_scan2d_equals_flatten_scan_merge(name, options, H, W):
 
 
 def test_scan2d_bad_inputs():
-    import scans
+    from vssm import scans
     x = torch.randn(1, 4, 3, 3)
     L = 9
     ok = dict(delta=torch.randn(1, 16, L), A=-torch.rand(16, 1), B=torch.randn(1, 4, 1, L), C=torch.randn(1, 4, 1, L))

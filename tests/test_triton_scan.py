@@ -35,7 +35,7 @@ def make_inputs(batch, groups, d, n, length, dtype=torch.float32, device="cpu"):
 
 def reference_with_grads(inputs, grad_y, softplus=True):
     """float64 sequential scan and its autograd gradients, on the inputs' device."""
-    from kernels.reference import selective_scan_reference
+    from vssm.kernels.reference import selective_scan_reference
     x = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
     y = selective_scan_reference(*x.values(), softplus)
     grads = torch.autograd.grad(y, list(x.values()), grad_y.double())
@@ -62,7 +62,7 @@ def assert_compiled_matches_eager(step, inputs):
 
 @pytest.fixture
 def triton_scan(monkeypatch):
-    from kernels import triton_scan as ts
+    from vssm.kernels import triton_scan as ts
     monkeypatch.setattr(ts, "CONFIG_OVERRIDE", {})
     return ts
 
@@ -161,7 +161,7 @@ def test_float64_falls_back_to_float64_state(triton_scan):
 
 @cuda_only
 def test_dispatch_auto_picks_triton_and_autograd_works():
-    import kernels
+    from vssm import kernels
     assert kernels.resolve_backend("auto", torch.device("cuda")) == "triton"
     inputs = make_inputs(2, 4, 16, 1, 300, device="cuda")
     for v in inputs.values():
@@ -177,8 +177,8 @@ def test_dispatch_auto_picks_triton_and_autograd_works():
 
 @cuda_only
 def test_torch_compile_fullgraph():
-    import kernels
-    from kernels.triton_scan import selective_scan_triton
+    from vssm import kernels
+    from vssm.kernels.triton_scan import selective_scan_triton
 
     def step(u, delta, A, B, C, D, bias):
         return (selective_scan_triton(u, delta, A, B, C, D, bias).float() ** 2).sum()
@@ -201,7 +201,7 @@ def test_torch_compile_fullgraph():
 def test_compile_traces_custom_op_forward_and_backward(triton_scan, monkeypatch):
     """fullgraph torch.compile through vssm::selective_scan and its opaque backward op (no graph break)."""
     import importlib
-    import kernels
+    from vssm import kernels
     ss = importlib.import_module("kernels.selective_scan")
     backend = "triton"
     if not CUDA:  # the interpreter runs the same kernels on CPU tensors under a CPU-enabled registration
@@ -240,7 +240,7 @@ def scan2d_inputs(pattern, batch, channels, H, W, n, dtype, device, channels_las
 def scan2d_reference(pattern, inputs, grad_y, per_sequence=False):
     """float64 composition ``merge(scan(flatten(x)))`` (``scatter`` with ``per_sequence``) and its autograd
     gradients."""
-    from kernels.reference import selective_scan_reference
+    from vssm.kernels.reference import selective_scan_reference
     x = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
     xs = pattern.flatten(x["x"])
     batch, K, ck, L = xs.shape
@@ -271,7 +271,7 @@ SCAN2D_CASES = [
 def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, channels, H, W, n, channels_last,
                                            save_states):
     """Forward and gradients; the backward either reuses the forward's chunk-start states or recomputes them."""
-    import scans
+    from vssm import scans
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name, **options)
@@ -298,7 +298,7 @@ def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, ch
 def test_scan2d_per_sequence_maps(triton_scan, name, options, batch, channels, H, W, n):
     """per_sequence: the K outputs each at their positions in a map of their own, stored in the output dtype;
     gradients through the K maps."""
-    import scans
+    from vssm import scans
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name, **options)
@@ -321,7 +321,7 @@ def test_scan2d_per_sequence_maps(triton_scan, name, options, batch, channels, H
 def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
     """Default configs: the forward's chunks (BLOCK_L 64 here) are longer than the backward's (32), so the forward
     stores states inside its chunks; the backward must still match the reference."""
-    import scans
+    from vssm import scans
     pattern = scans.build("cross")
     H, W = (6, 7) if not CUDA else (40, 50)
     assert (triton_scan.pick_config(1, H * W, 2)["BLOCK_L"] > triton_scan.state_chunk(1, H * W, 2))
@@ -347,7 +347,7 @@ def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
     ("cross", 384, 14, 14, 1, 24)])
 def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
     """dt_proj (K, C_k, R) and the low-rank dt (batch, K, R, L): delta is projected in the op; gradients of both."""
-    import scans
+    from vssm import scans
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name)
@@ -383,7 +383,7 @@ def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
 @kernel_test
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_scan2d_low_precision(triton_scan, dtype):
-    import scans
+    from vssm import scans
     size = (2, 64, 20, 24, 1) if CUDA else (1, 4, 3, 4, 1)
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
@@ -402,7 +402,7 @@ def test_scan2d_low_precision(triton_scan, dtype):
 def cross_op_inputs(triton_scan, batch, channels, H, W, n):
     """Inputs of the ``vssm::scan2d`` op for the cross pattern (tiny tiles under the interpreter): the tensors,
     requiring grad, and the index map."""
-    import scans
+    from vssm import scans
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
@@ -444,7 +444,7 @@ def test_scan2d_op_16bit_output(triton_scan):
 def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan, per_sequence):
     """torch.library.opcheck (schema, fake tensors vs real outputs incl. strides, autograd registration) on
     inputs that are views with unusual strides, as compiled graphs hand them over; summed or per-sequence maps."""
-    import scans
+    from vssm import scans
     if not CUDA:
         triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
@@ -486,7 +486,7 @@ def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan):
 
 @cuda_only
 def test_scan2d_auto_dispatch_matches_pytorch_backend():
-    import kernels
+    from vssm import kernels
     inputs = scan2d_inputs(__import__("scans").build("cross"), 2, 32, 14, 14, 1, torch.bfloat16, "cuda", True)
     y = kernels.scan2d(*inputs.values(), pattern="cross")
     y_ref = kernels.scan2d(*inputs.values(), pattern="cross", backend="chunked")

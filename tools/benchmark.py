@@ -15,7 +15,7 @@ on the spot with a large device-to-device copy (bytes read + written), unless ``
 ``--check`` prints max errors of each backend (forward and every gradient) against the float64 sequential
 reference at a reduced batch. ``--sweep`` times the Triton kernels over a grid of block sizes.
 
-``scan2d``: the fused gather -> scan -> scatter-add (``kernels.scan2d``) against the same work done unfused
+``scan2d``: the fused gather -> scan -> scatter-add (``vssm.kernels.scan2d``) against the same work done unfused
 (``pattern.flatten``, the backend's ``selective_scan``, ``pattern.merge``), with the bytes the fused op must
 move: x, delta, B, C read once and the float32 output written once (backward: x, delta, B, C, dy read;
 dx, ddelta, dB, dC written).
@@ -106,7 +106,7 @@ def roofline_rows(t_f, t_fb, fwd_bytes, bwd_bytes, hbm):
 
 
 def bench_scan(args):
-    import kernels
+    from vssm import kernels
     device = "cuda"
     dtype = DTYPES[args.dtype]
     b, G, d, n, L = args.batch, args.groups, args.channels, args.state, args.length
@@ -134,8 +134,8 @@ def bench_scan(args):
 
 def check_scan(args):
     """Max abs / relative error of each backend vs the float64 reference, every dtype, at a small batch."""
-    import kernels
-    from kernels.reference import selective_scan_reference
+    from vssm import kernels
+    from vssm.kernels.reference import selective_scan_reference
     device = "cuda"
     b = min(args.batch, args.check_batch)
     G, d, n, L = args.groups, args.channels, args.state, args.length
@@ -159,7 +159,7 @@ def check_scan(args):
 
 def sweep_scan(args):
     """Time the 1D Triton kernels over block sizes."""
-    from kernels import triton_scan as ts
+    from vssm.kernels import triton_scan as ts
     dtype = DTYPES[args.dtype]
     b, G, d, n, L = args.batch, args.groups, args.channels, args.state, args.length
     fwd_bytes, bwd_bytes = scan_bytes(b, G, d, n, L, dtype)
@@ -171,10 +171,10 @@ def sweep_scan(args):
 
 def sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n_state):
     """Time ``fwd`` / ``bwd`` (closures over Triton launches) for each (BLOCK_D, BLOCK_L, warps[, prefetch])
-    in ``kernels.triton_scan.CONFIG_OVERRIDE``; print the ``--top`` fastest of each with % of roofline."""
+    in ``vssm.kernels.triton_scan.CONFIG_OVERRIDE``; print the ``--top`` fastest of each with % of roofline."""
     import triton
     import triton.testing
-    from kernels import triton_scan as ts
+    from vssm.kernels import triton_scan as ts
     hbm = args.hbm_gbs or measure_hbm_gbs()
     print(f"{'kernel':<8} {'BLOCK_D':>7} {'BLOCK_L':>7} {'warps':>5} {'pref':>4} {'ms':>8} {'% roofline':>10}")
     results = []
@@ -205,8 +205,8 @@ def sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n_state):
 
 
 def bench_scan2d(args):
-    import kernels
-    import scans
+    from vssm import kernels
+    from vssm import scans
     dtype = DTYPES[args.dtype]
     pattern = scans.build(args.pattern)
     b, C, H, W, n = args.batch, args.channels, args.size, args.size, args.state
@@ -235,7 +235,7 @@ def bench_scan2d(args):
     bwd_bytes = 2 * io + b * C * H * W * 4  # read inputs + dy (fp32), write their gradients
     grad_y = torch.randn(b, C, H, W, device="cuda")
     if args.sweep:
-        from kernels import triton_scan as ts
+        from vssm.kernels import triton_scan as ts
         index = pattern.device_index(H, W, torch.device("cuda"), torch.int32)
         vals = [v.detach() for v in inputs.values()]
         saved = {}  # chunk length -> the forward's states (the backward keeps the forward's chunks)

@@ -30,10 +30,10 @@ setup() {
   [ -x "$PY" ] || "$PYTHON" -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip wheel
   "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
-  "$PY" -m pip install -q -e "$ROOT[test]"
+  "$PY" -m pip install -q -e "$ROOT[test,train]"
   if [ -f "$ROOT/tools/build_mmcv_wheel.sh" ] && [ "${VSSM_SKIP_MM:-0}" != 1 ]; then
     VSSM_PY="$PY" bash "$ROOT/tools/build_mmcv_wheel.sh"
-    "$PY" -m pip install -q -e "$ROOT[test,mm]"
+    "$PY" -m pip install -q -e "$ROOT[test,train,mm]"
   fi
   rm -f "$VENV"/.vssm-setup-*
   touch "$stamp"

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm  # noqa: E402
-import kernels  # noqa: E402,F401  (registers vssm::selective_scan and its flop formula)
+from vssm import kernels  # noqa: E402,F401  (registers vssm::selective_scan and its flop formula)
 
 try:
     import vssm  # noqa: E402,F401  (registers the vssm models with timm)

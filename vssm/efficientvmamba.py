@@ -8,7 +8,7 @@ onto it, giving the official logits (float32, max abs difference < 1e-4).
 Architecture:
   * stem: 4x4/s4 patch conv + LayerNorm; downsample: patch merging (2x2 concat, LayerNorm, Linear).
   * stages 0-1: EVSS blocks. A pre-norm residual block with two branches on the normed input: the SS2D
-    mixer with the atrous ("ES2D", skip-sampled, ``scans.build('atrous', step=2)``) scan, and a local
+    mixer with the atrous ("ES2D", skip-sampled, ``vssm.scans.build('atrous', step=2)``) scan, and a local
     branch (3x3 depthwise conv, BatchNorm, GELU, 1x1 conv). One channel gate (LayerNorm, mean over space,
     Linear, GELU, Linear, sigmoid; shared weights) rescales each branch and the two are summed.
   * stages 2-3: MobileNetV2 inverted residual blocks (expand 4, ReLU, squeeze-excitation 1/8 of the
@@ -166,7 +166,7 @@ class EfficientVMamba(VMamba):
         dims: channels per stage, or an int ``d`` for ``(d, 2d, 4d, 8d)``.
         stage_blocks: block type per stage, 'evss' or 'ir' (official: evss, evss, ir, ir).
         patch_size: stem reduction (4).  downsample: 'merge' (official v1) / 'conv2' / 'conv3'.
-        scan: scan pattern name from :mod:`scans`, ``scan_options`` its options ('atrous', step 2).
+        scan: scan pattern name from :mod:`vssm.scans`, ``scan_options`` its options ('atrous', step 2).
         d_state, ssm_ratio, dt_rank, ssm_conv, ssm_conv_bias: SS2D options (gated SS2D with SiLU on z).
         scan_backend: selective-scan backend.  gate_ratio: EVSS channel-gate reduction.
         ir_expand, ir_se_ratio: inverted-residual expansion and squeeze-excitation ratio.

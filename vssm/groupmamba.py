@@ -13,7 +13,7 @@ Architecture (as released):
   * mixer (modulated group Mamba layer): LayerNorm, channel-affinity modulation (CAM: mean over tokens -> fc
     -> ReLU -> fc -> sigmoid), the channels split in four groups, each group scanned by its own
     single-direction SSM block (VSSS: gated, depthwise conv, d_state 1) in one of four directions (the
-    ``group`` pattern of :mod:`scans`; one grouped selective-scan call for the four groups), the result
+    ``group`` pattern of :mod:`vssm.scans`; one grouped selective-scan call for the four groups), the result
     multiplied by ``skip_scale * x`` and by the CAM weights, LayerNorm again (same weights), projection.
   * head: the stage-4 tokens are averaged into a class token, which one class block (the same mixer on a 1x1
     map, plus an MLP) refines; final LayerNorm; a classifier and a distillation classifier read it.
@@ -109,7 +109,7 @@ class GroupedSS2D(SS2D):
     pattern (row-major, column-major, and both reversed). The in/out projections and the output norm are
     per group (block-diagonal); the depthwise conv is per channel anyway; the per-sequence SSM parameters
     of the shared SS2D (``x_proj_weight[g]``, ``dt_projs_*[g]``, ``A_logs``/``Ds`` rows of group g) are
-    exactly the per-group ones. The four scans run as ONE grouped :func:`kernels.selective_scan` call.
+    exactly the per-group ones. The four scans run as ONE grouped :func:`vssm.kernels.selective_scan` call.
     """
 
     def __init__(self, dim: int, groups: int = NUM_GROUPS, d_state: int = 1, ssm_ratio: float = 1.0,

@@ -6,7 +6,7 @@ load without reshaping, norms are ``nn.LayerNorm`` over the last dim (identical 
 ``LayerNorm2d`` of the channel-first releases).
 
 ``SS2D`` is the 2D selective-scan mixer: in-projection, optional z gate, depthwise conv, a scan pattern
-from :mod:`scans` (K one-dimensional token orders), the grouped selective scan from :mod:`kernels`,
+from :mod:`vssm.scans` (K one-dimensional token orders), the grouped selective scan from :mod:`vssm.kernels`,
 an output norm and an out-projection. Its parameter names (``in_proj``, ``conv2d``, ``x_proj_weight``,
 ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``, ``out_norm``, ``out_proj``) follow the
 official releases so checkpoints of every family map onto it by prefix only.
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-import kernels
-import scans
+from . import kernels
+from . import scans
 
 __all__ = [
     "LayerNorm2d", "to_2tuple_size",
@@ -192,8 +192,8 @@ class SS2D(nn.Module):
 
     Args:
         dim: model channels C.
-        scan: a scan-pattern name for :func:`scans.build` or a built ``ScanPattern`` (K sequences).
-        scan_options: options for :func:`scans.build`.
+        scan: a scan-pattern name for :func:`vssm.scans.build` or a built ``ScanPattern`` (K sequences).
+        scan_options: options for :func:`vssm.scans.build`.
         d_state: SSM state size N.  ssm_ratio: inner channels ``d_inner = int(ssm_ratio * dim)``.
         dt_rank: rank of the dt projection, ``"auto"`` = ``ceil(dim / 16)``.
         act_layer: activation after the conv (and on z).
@@ -202,7 +202,7 @@ class SS2D(nn.Module):
         z_act: apply ``act_layer`` to z.
         out_norm: LayerNorm on the scan output (False: identity).
         bias: bias of in/out projections.  dropout: after out_proj.
-        backend: selective-scan backend passed to :func:`kernels.selective_scan`.
+        backend: selective-scan backend passed to :func:`vssm.kernels.selective_scan`.
     With ``scan.split_channels`` each of the K sequences carries ``d_inner // K`` channels (GroupMamba).
     """
 
@@ -295,14 +295,14 @@ class SS2D(nn.Module):
 
     def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
         """Selective scan of the K sequences of ``x (B, d_inner, H, W)``, outputs summed at their positions:
-        ``(B, d_inner, H, W)`` in x's dtype (summed in float32, rounded once). One fused :func:`kernels.scan2d`,
+        ``(B, d_inner, H, W)`` in x's dtype (summed in float32, rounded once). One fused :func:`vssm.kernels.scan2d`,
         which also projects the low-rank ``dts`` to the step sizes (no ``(B, K*d_seq, L)`` delta tensor is saved
         for the backward). Subclasses with another fusion of the K directions override this."""
         return self.fused_scan(x, dts, Bs, Cs)
 
     def fused_scan(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor,
                    per_sequence: bool = False) -> torch.Tensor:
-        """:func:`kernels.scan2d` of ``x`` with this mixer's SSM parameters, output in x's dtype: the K outputs
+        """:func:`vssm.kernels.scan2d` of ``x`` with this mixer's SSM parameters, output in x's dtype: the K outputs
         summed ``(B, d_inner, H, W)``, or apart ``(B, K, d_seq, H, W)`` with ``per_sequence``."""
         A, D, delta_bias = self.ssm_parameters()
         return kernels.scan2d(x, dts, A, Bs, Cs, D, delta_bias, pattern=self.scan, backend=self.backend,

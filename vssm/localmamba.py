@@ -15,7 +15,7 @@ K = 4 scan directions are chosen per block from
     w2, w2_flip      2x2 windows (row-major over windows and inside each window) and its reverse
     w7, w7_flip      7x7 windows, likewise
 
-(the ``window`` scan pattern of :mod:`scans`). The release models use the directions found by the paper's
+(the ``window`` scan pattern of :mod:`vssm.scans`). The release models use the directions found by the paper's
 search, shipped as data in ``vssm/data/localmamba_directions.json``. The K outputs are not simply summed: each
 direction's output, put back in image order, is scaled by a channel gate computed from that output
 (LayerNorm -> mean over tokens -> Linear -> GELU -> Linear -> sigmoid, one gate module shared by the K
@@ -170,7 +170,7 @@ class LocalSS2D(SS2D):
                                             norm_layer=kwargs.get("norm_layer", nn.LayerNorm))
 
     def scan_sequences(self, x: torch.Tensor, dts: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> torch.Tensor:
-        """One fused :func:`kernels.scan2d` that keeps the K outputs apart (``per_sequence``: the gate weighs
+        """One fused :func:`vssm.kernels.scan2d` that keeps the K outputs apart (``per_sequence``: the gate weighs
         them), each in image order; with ``official_v_merge`` the ``v`` maps of a non-square map are then
         reordered the official way. ``(B, d_inner, H, W)`` in x's dtype."""
         batch, channels, H, W = x.shape

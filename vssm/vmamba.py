@@ -75,7 +75,7 @@ class VMamba(StagedBackbone):
         stem: 'conv' (v2: two 3x3/s2 convs) or 'patch' (v0: one 4x4/s4 conv).
         downsample: 'conv3' (v2), 'conv2' or 'merge' (v0 patch merging).
         d_state, ssm_ratio, dt_rank, ssm_conv, ssm_conv_bias, gate: SS2D options (see :class:`vssm.layers.SS2D`).
-        scan: scan pattern name from :mod:`scans`.  scan_backend: selective-scan backend.
+        scan: scan pattern name from :mod:`vssm.scans`.  scan_backend: selective-scan backend.
         mlp_ratio: MLP hidden ratio (0: no MLP branch).
         drop_rate: classifier dropout.  proj_drop_rate: MLP / mixer output dropout.
         drop_path_rate: stochastic depth, linear over all blocks.

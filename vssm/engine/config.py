@@ -14,6 +14,7 @@ settings of that default run (small model, 32x32 images, short schedule).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -190,9 +191,11 @@ def parse_set(items: Iterable[str]) -> Dict[str, Any]:
 
 
 def recipe_dirs() -> List[Path]:
-    """Where bare recipe names are looked up: ./configs/classification and the repo's copy."""
-    here = Path(__file__).resolve()
-    dirs = [Path.cwd() / "configs" / "classification", here.parents[2] / "configs" / "classification"]
+    """Where bare recipe names are looked up: ./configs/classification, then the recipes installed with vssm
+    (the package ``vssm.recipes``: the checkout's configs/classification in an editable install)."""
+    spec = importlib.util.find_spec("vssm.recipes")
+    installed = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    dirs = [Path.cwd() / "configs" / "classification", *installed]
     out: List[Path] = []
     for d in dirs:
         if d not in out:
