@@ -39,12 +39,12 @@ def project_step_sizes(low: torch.Tensor, dt_proj: torch.Tensor) -> torch.Tensor
     """Step sizes ``(batch, K*C_k, L)`` from the low-rank dt ``(batch, K, R, L)`` and ``dt_proj (K, C_k, R)``,
     in ``low``'s dtype: ``delta[b, k*C_k + d, l] = sum_r dt_proj[k, d, r] low[b, k, r, l]``. Laid out
     ``(K*C_k, batch, L)`` in memory (see :func:`rank_padded_operands`); the Triton kernels read any such layout."""
-    return steps_from_operands(*rank_padded_operands(low, dt_proj), low.shape[0])
+    return steps_from_operands(*rank_padded_operands(low, dt_proj), low.shape[0], low.shape[3])
 
 
-def steps_from_operands(weight: torch.Tensor, low: torch.Tensor, batch: int) -> torch.Tensor:
+def steps_from_operands(weight: torch.Tensor, low: torch.Tensor, batch: int, length: int) -> torch.Tensor:
     """The step sizes ``(batch, K*C_k, L)`` from :func:`rank_padded_operands`."""
-    return torch.bmm(weight, low).view(-1, batch, low.shape[2] // batch).transpose(0, 1)
+    return torch.bmm(weight, low).view(weight.shape[0] * weight.shape[1], batch, length).transpose(0, 1)
 
 
 def _check(x, delta, A, B, C, pattern, dt_proj):
@@ -119,7 +119,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     if dt_proj is not None:
         delta = project_step_sizes(delta, dt_proj).contiguous()  # the PyTorch backends take the usual layout
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
-    ys = selective_scan(xs.reshape(batch, width, -1), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
+    ys = selective_scan(xs.reshape(batch, width, xs.shape[-1]), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
     ys = ys.view(xs.shape).to(sum_dtype)
     return (pattern.scatter(ys, (H, W)) if per_sequence else pattern.merge(ys, (H, W))).to(out_dtype)
 

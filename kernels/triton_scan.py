@@ -668,7 +668,7 @@ def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delt
     if dt_proj is not None:
         low_shape = delta.shape
         weight, low = rank_padded_operands(delta, dt_proj)
-        delta = steps_from_operands(weight, low, low_shape[0])
+        delta = steps_from_operands(weight, low, low_shape[0], low_shape[3])
     delta = _dense_steps(delta)
     A, B, C, D, delta_bias = (t.contiguous() for t in (A, B, C, D, delta_bias))
     if grad_y.dim() == 4:

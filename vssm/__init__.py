@@ -1,13 +1,21 @@
 """vssm: visual state-space (Mamba) backbones as timm models.
 
 ``import vssm`` registers every family with timm (``timm.create_model('vmamba_tiny')``).
+It also allows, for ``torch.load(weights_only=True)`` process-wide, the two harmless non-tensor classes that official
+release files carry (``argparse.Namespace``; yacs ``CfgNode``, read as inert data), so timm's loader takes them.
 """
+import torch as _torch
+
 from . import layers
-from ._checkpoint import CheckpointMismatchError, remap_state_dict, unwrap_state_dict
+from ._checkpoint import (CheckpointMismatchError, UnsafeCheckpointError, load_checkpoint_file, official_file_globals,
+                          remap_state_dict, unwrap_state_dict)
 from . import vmamba
 from .vmamba import VMamba
 from . import groupmamba  # noqa: E402  (GroupMamba family, issue 6)
 from . import efficientvmamba  # noqa: E402  (EfficientVMamba family, issue 5)
 from . import localmamba  # noqa: E402  (LocalMamba family, issue 4)
 
-__all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "remap_state_dict", "unwrap_state_dict"]
+_torch.serialization.add_safe_globals(official_file_globals())
+
+__all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "UnsafeCheckpointError",
+           "load_checkpoint_file", "remap_state_dict", "unwrap_state_dict"]

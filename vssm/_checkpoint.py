@@ -1,13 +1,79 @@
-"""Mapping official checkpoints onto vssm module names (shared by every family's checkpoint_filter_fn)."""
+"""Reading checkpoint files without running code from them, and mapping official checkpoints onto vssm module
+names (shared by every family's checkpoint_filter_fn)."""
 from __future__ import annotations
 
+import argparse
+import collections
+import importlib
+import os
+import pickle
 import re
-from typing import Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointMismatchError", "unwrap_state_dict", "remap_state_dict"]
+__all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "load_checkpoint_file", "unwrap_state_dict",
+           "remap_state_dict", "numpy_data_globals", "official_file_globals"]
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint file pickles objects outside the allowlist (loading it could run code): names the file and
+    the offending globals."""
+
+
+class _InertConfigClass:
+    """Stands for a pickled config class that vssm does not import (the yacs ``CfgNode`` in VSSD / VMamba release
+    files) while loading with ``weights_only=True``: the restricted unpickler creates the object through
+    ``cls.__new__`` and then fills and builds it, which torch allows for a plain ``OrderedDict``; so the config
+    loads as an ``OrderedDict`` of its items with its attributes as data, and no code of that package runs."""
+
+    def __init__(self, qualified_name: str):
+        self.qualified_name = qualified_name
+        self.__new__ = lambda cls, *args: collections.OrderedDict()
+
+
+def official_file_globals() -> List[Any]:
+    """Harmless non-tensor classes that official release files carry: ``argparse.Namespace`` (timm-style ``args``
+    of Vim and others), the yacs ``CfgNode`` config (loaded as an ``OrderedDict``) and the sets it holds.
+    ``import vssm`` registers them with ``torch.serialization.add_safe_globals``, so timm's own
+    ``weights_only=True`` loader takes these files."""
+    return [argparse.Namespace, set, (_InertConfigClass("yacs.config.CfgNode"), "yacs.config.CfgNode")]
+
+
+def numpy_data_globals() -> List[Any]:
+    """numpy arrays, scalars and dtypes, as they pickle (the RNG state in vssm checkpoints written before the
+    RNG state was stored as tensors; mmengine checkpoints)."""
+    import numpy as np
+    out: List[Any] = [np.ndarray, np.dtype]
+    for modname in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2 moved the module
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        out += [getattr(mod, name) for name in ("_reconstruct", "scalar") if hasattr(mod, name)]
+        break
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes as per-type classes (Float64DType, ...)
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+    return out
+
+
+def load_checkpoint_file(f, map_location="cpu", extra_globals: Sequence[Any] = (), source: str = "") -> Any:
+    """``torch.load(f, weights_only=True)`` with an explicit allowlist: :func:`official_file_globals`,
+    :func:`numpy_data_globals` and ``extra_globals``. Anything else pickled in the file raises
+    :class:`UnsafeCheckpointError` naming the file and the refused globals; nothing in the file is executed."""
+    source = source or (os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "<buffer>"))
+    allowed = [*official_file_globals(), *numpy_data_globals(), *extra_globals]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+        raise UnsafeCheckpointError(
+            f"{source}: refused to load: the file pickles {', '.join(refused) or 'objects'} beyond tensors and "
+            f"the allowed plain-data classes, and unpickling it could run code. Load only files you trust, and "
+            f"re-save their state dict (torch.save(state_dict, path)). torch said: {err}") from None
 
 _WRAPPER_KEYS = ("model", "state_dict", "ema_model", "model_ema", "module")
 

@@ -11,6 +11,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from .._checkpoint import load_checkpoint_file
+
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
@@ -39,7 +41,10 @@ def atomic_write_text(text: str, path: Path) -> None:
 
 
 def rng_state() -> Dict[str, Any]:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+          "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state()
     return st
@@ -47,16 +52,17 @@ def rng_state() -> Dict[str, Any]:
 
 def set_rng_state(st: Dict[str, Any]) -> None:
     random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    kind, keys, *rest = st["numpy"]  # keys: an int64 tensor, or a numpy array in files written before tensors
+    np.random.set_state((kind, np.asarray(keys.numpy() if torch.is_tensor(keys) else keys, dtype=np.uint32), *rest))
     torch.set_rng_state(st["torch"].cpu() if hasattr(st["torch"], "cpu") else st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state(st["cuda"].cpu())
 
 
 def load(path: str) -> Dict[str, Any]:
-    # our checkpoints hold numpy RNG state and plain python objects, hence weights_only=False;
-    # only load checkpoints you trust.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint file (ours or official) read with ``weights_only=True``; see
+    :func:`vssm.load_checkpoint_file` for what is allowed besides tensors."""
+    return load_checkpoint_file(path, map_location="cpu")
 
 
 def extract_state_dict(ckpt: Any, prefer_ema: bool = False) -> Dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .._checkpoint import UnsafeCheckpointError
 from . import config as C
 
 
@@ -246,7 +247,11 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
             mk["drop_rate"] = m["drop_rate"]
         model = timm.create_model(m["name"], num_classes=n_classes, **mk)
         if m["pretrained"]:
-            CK.load_weights(model, CK.load(m["pretrained"]), log=log)
+            try:
+                pretrained = CK.load(m["pretrained"])
+            except UnsafeCheckpointError as e:
+                raise C.ConfigError(f"--pretrained: {e}") from None
+            CK.load_weights(model, pretrained, log=log)
         if m["grad_checkpointing"]:
             if not hasattr(model, "set_grad_checkpointing"):
                 raise C.ConfigError(f"model {m['name']} does not support gradient checkpointing")

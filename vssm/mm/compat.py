@@ -10,11 +10,11 @@ What breaks and what we do:
   ``collections`` containers. We allow-list exactly those types with ``torch.serialization.add_safe_globals``,
   and make ``HistoryBuffer`` stop pickling its built-in statistics methods (mmengine stores them as
   ``getattr(HistoryBuffer, 'min')``, and ``getattr`` cannot be allow-listed safely), so checkpoints saved
-  with ``vssm.mm`` imported load under ``weights_only=True``. Files that still need arbitrary pickled objects (e.g.
-  older OpenMMLab model-zoo checkpoints) are retried with ``weights_only=False`` *with a warning*, which is
-  what torch < 2.6 did for every file; set ``VSSM_MM_STRICT_LOAD=1`` to turn the retry off. Classes of
-  modules that are not installed (the ``yacs`` config inside official VMamba checkpoints) load as inert
-  dict-like stand-ins. ``http(s)://`` checkpoints are downloaded into torch.hub's cache and loaded the same way.
+  with ``vssm.mm`` imported load under ``weights_only=True``; files saved by unpatched mmengine load too (their
+  ``getattr(HistoryBuffer, 'min')`` resolves through a guard that allows nothing else). The yacs config inside
+  official VMamba checkpoints loads as inert data (:func:`vssm.load_checkpoint_file`). Any other pickled object is
+  refused with an error naming it; ``VSSM_MM_UNSAFE_LOAD=1`` (opt-in, off by default) loads such a file with
+  ``weights_only=False``. ``http(s)://`` checkpoints are downloaded into torch.hub's cache and loaded the same way.
 * setuptools >= 81 no longer ships ``pkg_resources``; mmengine's ``is_installed`` / ``get_installed_path`` /
   ``package2module`` import it, so ``Config.fromfile`` with ``mmdet::`` / ``mmseg::`` base configs and
   ``custom_imports`` checks fail. We replace these three functions (in every mmengine module that bound
@@ -26,17 +26,17 @@ import collections
 import importlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 import os.path as osp
 import pickle
-import re
 import sys
 import warnings
 from typing import Any, List
 
-import numpy as np
 import torch
+
+from .._checkpoint import UnsafeCheckpointError, numpy_data_globals
+from .._checkpoint import load_checkpoint_file as load_vssm_checkpoint_file
 
 __all__ = ["apply", "load_checkpoint_file", "mm_safe_globals"]
 
@@ -45,30 +45,26 @@ _APPLIED = False
 
 # ---- torch.load ------------------------------------------------------------------------------------
 
+UNSAFE_LOAD_ENV = "VSSM_MM_UNSAFE_LOAD"
+_DEFAULT_STATISTICS = ("min", "max", "current", "mean")
+
+
+def _history_buffer_statistic(owner, name: str):
+    """Stands for ``builtins.getattr`` while unpickling: resolves only ``getattr(HistoryBuffer, <statistic>)``
+    (how unpatched mmengine pickles a ``HistoryBuffer``'s built-in statistics methods) and refuses the rest."""
+    from mmengine.logging import HistoryBuffer
+    if owner is HistoryBuffer and name in _DEFAULT_STATISTICS:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(f"refused getattr({owner!r}, {name!r}) while unpickling")
+
+
 def mm_safe_globals() -> List[Any]:
     """Types found in mmengine / mmdet / mmseg checkpoints that are safe to unpickle (plain data)."""
-    out: List[Any] = [
-        collections.OrderedDict, collections.defaultdict, collections.Counter, collections.deque,
-        np.ndarray, np.dtype,
-        set, frozenset, slice, complex,
-    ]
-    # numpy arrays / scalars pickle through these reconstructors (module moved to numpy._core in 2.0)
-    for modname in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        for name in ("_reconstruct", "scalar"):
-            if hasattr(mod, name):
-                out.append(getattr(mod, name))
-        break
-    # numpy >= 1.25 pickles dtypes as instances of per-type classes (numpy.dtypes.Float64DType, ...)
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+    out: List[Any] = [collections.OrderedDict, collections.defaultdict, collections.Counter, collections.deque,
+                      set, frozenset, slice, complex, *numpy_data_globals()]
     try:
         from mmengine.logging import HistoryBuffer
-        out.append(HistoryBuffer)
+        out += [HistoryBuffer, (_history_buffer_statistic, "builtins.getattr")]
     except ImportError:
         pass
     try:
@@ -79,81 +75,32 @@ def mm_safe_globals() -> List[Any]:
     return out
 
 
-class _MissingClass(dict):
-    """Stand-in for a class whose module is not installed (e.g. the yacs ``CfgNode`` in official VMamba
-    checkpoints): keeps whatever state the pickle carries, never runs code."""
-
-    _vssm_missing = ""
-
-    def __setstate__(self, state):
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-        else:
-            self.__dict__["_state"] = state
-
-    def __reduce__(self):  # pragma: no cover - never re-pickled by us
-        return (dict, (dict(self),))
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            stub = type(name, (_MissingClass,), {"_vssm_missing": f"{module}.{name}", "__module__": "vssm.mm.compat"})
-            return stub
-
-
-class _LenientPickleModule:
-    """``pickle_module`` for ``torch.load``: the standard pickle, except that classes from modules that
-    are not installed become inert dict-like stand-ins instead of failing the whole load."""
-    Unpickler = _LenientUnpickler
-    load = staticmethod(lambda f, **kw: _LenientUnpickler(f, **kw).load())
-    loads = staticmethod(lambda b, **kw: _LenientUnpickler(io.BytesIO(b), **kw).load())
-    __name__ = "vssm_lenient_pickle"
-
-
-def _strict() -> bool:
-    return os.environ.get("VSSM_MM_STRICT_LOAD", "0") not in ("", "0", "false", "False")
+def _unsafe_load_allowed() -> bool:
+    return os.environ.get(UNSAFE_LOAD_ENV, "0") not in ("", "0", "false", "False")
 
 
 def load_checkpoint_file(f, map_location="cpu", source: str = ""):
-    """``torch.load`` for checkpoints named in configs (local path or file object).
+    """``torch.load`` for checkpoints named in configs (local path or file object), with ``weights_only=True``
+    and the allowlist of :func:`vssm.load_checkpoint_file` plus :func:`mm_safe_globals`.
 
-    Tries ``weights_only=True`` (with :func:`mm_safe_globals` allowed) first. If the file needs other
-    pickled objects it is loaded again with ``weights_only=False`` and a warning (torch < 2.6 behaviour),
-    unless ``VSSM_MM_STRICT_LOAD=1``. Classes from modules that are not installed (e.g. ``yacs`` configs
-    stored next to the weights of the official VMamba releases) load as plain dict-like stand-ins.
+    A file that pickles anything else raises :class:`vssm.UnsafeCheckpointError`; only with
+    ``VSSM_MM_UNSAFE_LOAD=1`` set (a knowing choice for a trusted file) is it loaded with ``weights_only=False``,
+    with a warning.
     """
     source = source or (f if isinstance(f, str) else getattr(f, "name", "<buffer>"))
-    seekable = hasattr(f, "seek")
-    pos = f.tell() if seekable else None
+    pos = f.tell() if hasattr(f, "seek") else None
     try:
-        # (not the safe_globals context manager: leaving it removes the globals registered for good)
-        torch.serialization.add_safe_globals(mm_safe_globals())
-        return torch.load(f, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if _strict():
-            raise pickle.UnpicklingError(
-                f"{source}: needs pickled objects beyond tensors and plain data, and VSSM_MM_STRICT_LOAD is "
-                f"set. Re-save only its state dict, or unset VSSM_MM_STRICT_LOAD if you trust the file. "
-                f"torch said: {err}") from err
-        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
-        if isinstance(f, (str, os.PathLike)):
-            try:
-                found = torch.serialization.get_unsafe_globals_in_checkpoint(f) or found
-            except Exception:  # pragma: no cover - best effort for the message only
-                pass
-        warnings.warn(f"{source}: not loadable with weights_only=True (it pickles {', '.join(found) or 'objects'}"
-                      f"); loading it with "
-                      f"weights_only=False because a config named it. Set VSSM_MM_STRICT_LOAD=1 to refuse.",
-                      stacklevel=2)
-        if seekable:
+        return load_vssm_checkpoint_file(f, map_location=map_location, extra_globals=mm_safe_globals(), source=source)
+    except UnsafeCheckpointError as err:
+        if not _unsafe_load_allowed():
+            raise UnsafeCheckpointError(f"{err} Set {UNSAFE_LOAD_ENV}=1 to load it unrestricted if you trust it.") \
+                from None
+        warnings.warn(f"{source}: loading with weights_only=False because {UNSAFE_LOAD_ENV} is set", stacklevel=2)
+        if pos is not None:
             f.seek(pos)
-        return torch.load(f, map_location=map_location, weights_only=False, pickle_module=_LenientPickleModule)
+        return torch.load(f, map_location=map_location, weights_only=False)
 
 
-_DEFAULT_STATISTICS = ("min", "max", "current", "mean")
 
 
 def _history_buffer_getstate(self) -> dict:

@@ -1,0 +1,1 @@
+"""The classification training recipes (YAML files beside this one), installed as the package ``vssm.recipes``."""
