@@ -352,25 +352,32 @@ def test_init_cfg_from_detector_checkpoint(tmp_path, nano_backbone):
         torch.testing.assert_close(v, sd[f"backbone.{k}"])
 
 
-def test_checkpoint_with_foreign_pickles_loads(tmp_path, monkeypatch):
-    """Official VMamba files store a yacs config next to the weights: it loads without yacs, with a warning,
-    and is refused under VSSM_MM_STRICT_LOAD=1."""
-    from vssm.mm.compat import load_checkpoint_file
-    mod = type(sys)("vssm_fake_yacs")
+def test_checkpoint_with_yacs_config_loads_safely(tmp_path, monkeypatch):
+    """Official VMamba files store a yacs config next to the weights: it loads under weights_only=True, without
+    yacs, as an OrderedDict; a file with any other foreign class is refused, naming the opt-in variable."""
+    from vssm import UnsafeCheckpointError
+    from vssm.mm.compat import UNSAFE_LOAD_ENV, load_checkpoint_file
+    mods = {name: type(sys)(name) for name in ("yacs", "yacs.config", "vssm_fake_pkg")}
 
     class CfgNode(dict):
         pass
-    CfgNode.__module__, CfgNode.__qualname__ = "vssm_fake_yacs", "CfgNode"
-    mod.CfgNode = CfgNode
-    monkeypatch.setitem(sys.modules, "vssm_fake_yacs", mod)
+
+    class Other(dict):
+        pass
+    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
+    Other.__module__, Other.__qualname__ = "vssm_fake_pkg", "Other"
+    mods["yacs.config"].CfgNode, mods["vssm_fake_pkg"].Other = CfgNode, Other
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
     torch.save({"model": {"w": torch.ones(2)}, "config": CfgNode(a=1)}, tmp_path / "off.pth")
-    monkeypatch.delitem(sys.modules, "vssm_fake_yacs")
-    with pytest.warns(UserWarning, match="vssm_fake_yacs.CfgNode"):
-        out = load_checkpoint_file(str(tmp_path / "off.pth"))
+    torch.save({"model": {"w": torch.ones(2)}, "config": Other(a=1)}, tmp_path / "other.pth")
+    for name in mods:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delenv(UNSAFE_LOAD_ENV, raising=False)
+    out = load_checkpoint_file(str(tmp_path / "off.pth"))
     assert torch.equal(out["model"]["w"], torch.ones(2)) and dict(out["config"]) == {"a": 1}
-    monkeypatch.setenv("VSSM_MM_STRICT_LOAD", "1")
-    with pytest.raises(Exception, match="VSSM_MM_STRICT_LOAD"):
-        load_checkpoint_file(str(tmp_path / "off.pth"))
+    with pytest.raises(UnsafeCheckpointError, match=rf"(?s)other\.pth.*vssm_fake_pkg\.Other.*{UNSAFE_LOAD_ENV}"):
+        load_checkpoint_file(str(tmp_path / "other.pth"))
 
 
 # ---- optimizer constructor ---------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_mm_init_cfg_refuses_unless_opted_in(crafted, monkeypatch):
     path, marker = crafted
     monkeypatch.delenv(UNSAFE_LOAD_ENV, raising=False)
     backbone = VSSMBackbone("vmamba_nano", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    with pytest.raises(UnsafeCheckpointError, match=UNSAFE_LOAD_ENV) as exc:
+    with pytest.raises(UnsafeCheckpointError, match=rf"(?s){UNSAFE_LOAD_ENV}") as exc:
         backbone.init_weights()
     assert "crafted.pth" in str(exc.value) and not marker.exists()
     # the opt-in is a knowing choice: then the file is unpickled as torch < 2.6 did

@@ -28,7 +28,7 @@ setup() {
   fi
   echo "[vssm] setting up $VENV" >&2
   [ -x "$PY" ] || "$PYTHON" -m venv "$VENV"
-  "$PY" -m pip install -q --upgrade pip wheel
+  "$PY" -m pip install -q --upgrade pip wheel setuptools
   "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
   "$PY" -m pip install -q -e "$ROOT[test,train]"
   if [ -f "$ROOT/tools/build_mmcv_wheel.sh" ] && [ "${VSSM_SKIP_MM:-0}" != 1 ]; then

@@ -39,7 +39,10 @@ def prepare_digits(size: int = 32, cache: Optional[Path] = None, verbose: bool =
     """Return the ImageFolder root of the digits dataset, writing it first if needed."""
     import numpy as np
     from PIL import Image
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the embedded digits data set comes from scikit-learn: pip install 'vssm[train]'") from None
 
     root = digits_root(size, cache)
     if is_ready(root):

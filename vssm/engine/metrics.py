@@ -64,8 +64,20 @@ def read_steps(path: Path) -> List[Dict[str, float]]:
         return [{k: float(v) if v not in ("", None) else None for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar, or None when tqdm (in the ``vssm[train]`` extra) is not installed."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(iterable, dynamic_ncols=True, **kwargs)
+
+
 def plot_curves(history: List[Dict[str, Any]], steps: Optional[List[Dict[str, float]]], path: Path, title: str = "") -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("training curves need matplotlib: pip install 'vssm[train]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -31,6 +31,7 @@ import torch
 
 from .._checkpoint import UnsafeCheckpointError
 from . import config as C
+from .metrics import progress_bar
 
 
 class NonFiniteLossError(RuntimeError):
@@ -443,8 +444,7 @@ def _train_one_epoch(cfg, env, model, model_core, ema, optimizer, scheduler, sca
     loader.sampler.set_epoch(epoch)
     bar = None
     if cfg["output"]["progress"] and env.is_main:
-        from tqdm import tqdm
-        bar = tqdm(total=updates, desc=f"epoch {epoch}/{epochs}", dynamic_ncols=True, leave=True)
+        bar = progress_bar(total=updates, desc=f"epoch {epoch}/{epochs}", leave=True)
     params = [p for p in model_core.parameters() if p.requires_grad]
     loss_sum, n_upd, t0 = 0.0, 0, time.perf_counter()
     upd_loss = torch.zeros((), dtype=torch.float64, device=dev)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config as C
+from .metrics import progress_bar
 
 
 def autocast_ctx(device: torch.device, amp: str):
@@ -35,8 +36,7 @@ def evaluate(model: torch.nn.Module, loader, env, amp: str = "none", channels_la
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss_sum, correct1, correct5, count
     it = loader
     if progress and env.is_main:
-        from tqdm import tqdm
-        it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+        it = progress_bar(loader, desc=desc, leave=False) or loader
     t0 = time.perf_counter()
     for images, target in it:
         images = images.to(dev, non_blocking=True)
