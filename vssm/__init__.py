@@ -14,6 +14,7 @@ from .vmamba import VMamba
 from . import groupmamba  # noqa: E402  (GroupMamba family, issue 6)
 from . import efficientvmamba  # noqa: E402  (EfficientVMamba family, issue 5)
 from . import localmamba  # noqa: E402  (LocalMamba family, issue 4)
+from . import mambavision  # noqa: E402  (MambaVision family, issue 17)
 
 _torch.serialization.add_safe_globals(official_file_globals())
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
 
 from . import kernels
 from . import scans
@@ -30,6 +30,7 @@ __all__ = [
     "LayerNorm2d", "to_2tuple_size",
     "PatchEmbed", "ConvStem", "PatchMerging", "ConvDownsample", "build_downsample",
     "Mlp", "DropPath", "RecomputedActivation", "SS2D", "VSSBlock", "init_vssm_weights", "ssm_no_weight_decay",
+    "Attention", "window_partition", "window_reverse",
 ]
 
 NormLayer = Type[nn.Module]
@@ -377,3 +378,60 @@ def init_vssm_weights(module: nn.Module) -> None:
 def ssm_no_weight_decay(model: nn.Module) -> set:
     """Full names of parameters flagged ``_no_weight_decay`` (A_logs, Ds, dt_projs_bias, ...)."""
     return {name for name, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+
+# --------------------------------------------------------------------------------------------------
+# windows and attention (hybrid families: MambaVision, and the SSD / attention hybrids)
+# --------------------------------------------------------------------------------------------------
+
+@register_notrace_function
+def window_partition(x: torch.Tensor, window_size: Union[int, Sequence[int]]) -> torch.Tensor:
+    """``(B, H, W, C)`` -> windows ``(B * nh * nw, wh * ww, C)``, tokens row-major inside each window, windows
+    ordered (batch, window row, window column). The map is zero-padded at the bottom / right to multiples of
+    the window (``nh = ceil(H / wh)``, ``nw = ceil(W / ww)``); :func:`window_reverse` crops the padding off."""
+    wh, ww = to_2tuple_size(window_size)
+    B, H, W, C = x.shape
+    pad_b, pad_r = (wh - H % wh) % wh, (ww - W % ww) % ww
+    x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    nh, nw = (H + pad_b) // wh, (W + pad_r) // ww
+    x = x.view(B, nh, wh, nw, ww, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B * nh * nw, wh * ww, C)
+
+
+@register_notrace_function
+def window_reverse(windows: torch.Tensor, window_size: Union[int, Sequence[int]], H: int, W: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: windows ``(B * nh * nw, wh * ww, C)`` of an ``H x W`` map ->
+    ``(B, H, W, C)`` (the padding cropped off)."""
+    wh, ww = to_2tuple_size(window_size)
+    nh, nw = -(-H // wh), -(-W // ww)
+    C = windows.shape[-1]
+    x = windows.view(-1, nh, nw, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, nh * wh, nw * ww, C)
+    return x[:, :H, :W].contiguous()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over tokens ``(B, N, C)`` through ``F.scaled_dot_product_attention``.
+
+    Parameter names as timm's ViT (``qkv``, ``q_norm`` / ``k_norm`` with ``qk_norm``, ``proj``), so ViT-style
+    official checkpoints load by prefix. ``attn_drop`` is applied in training mode only."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_layer: NormLayer = nn.LayerNorm):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
