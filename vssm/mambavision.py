@@ -38,7 +38,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, register_notrace_function, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, register_notrace_function, register_notrace_module, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from . import kernels
@@ -55,9 +55,10 @@ __all__ = ["MambaVision", "MambaVisionStage", "MambaVisionMixer", "MambaVisionBl
 # ------------------------------------------------------------------------------------------------------
 
 @register_notrace_function
-def _scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
+def mixer_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
           delta_bias: torch.Tensor, backend: str) -> torch.Tensor:
-    """One-group selective scan of sequences ``x, delta (S, D, L)``, ``B, C (S, N, L)`` -> ``(S, D, L)``."""
+    """One-group selective scan of sequences ``x, delta (S, D, L)``, ``B, C (S, N, L)`` -> ``(S, D, L)`` (a leaf of
+    torch.fx traces: the operator checks shapes in Python)."""
     return kernels.selective_scan(x, delta, A, B[:, None], C[:, None], D=D, delta_bias=delta_bias,
                                   delta_softplus=True, backend=backend)
 
@@ -99,7 +100,7 @@ class MambaVisionMixer(nn.Module):
         z = F.silu(self.conv1d_z(z))
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self.dt_proj(dt).transpose(1, 2).contiguous()  # bias included here and again as delta_bias
-        y = _scan(x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(),
+        y = mixer_scan(x, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(),
                   C.transpose(1, 2).contiguous(), self.D.float(), self.dt_proj.bias.float(), self.backend)
         return self.out_proj(torch.cat([y, z], dim=1).transpose(1, 2))
 
@@ -143,6 +144,7 @@ class ConvBlock(nn.Module):
         return x + self.drop_path(y)
 
 
+@register_notrace_module  # a leaf of torch.fx traces, as nn.BatchNorm2d (whose forward checks the input's rank)
 class BatchNormNHWC(nn.BatchNorm2d):
     """BatchNorm2d of a channels-last ``(B, H, W, C)`` map (state-dict compatible with ``nn.BatchNorm2d``)."""
 
@@ -381,7 +383,8 @@ default_cfgs = generate_default_cfgs({
     "mambavision_base.in1k": _cfg("nvidia/MambaVision-B-1K", "mambavision_base_1k.pth.tar", crop_pct=1.0,
                                   notes=(f"official MambaVision-B, top-1 84.2; {_NC}",)),
     "mambavision_base.in21k_ft_in1k": _cfg("nvidia/MambaVision-B-21K", "mambavision_base_21k.pth.tar", crop_pct=1.0,
-                                           notes=(f"official MambaVision-B-21K (IN-21k pretrained), top-1 84.9; {_NC}",)),
+                                           notes=(f"official MambaVision-B-21K (IN-21k pretrained), top-1 84.9; "
+                                                  f"{_NC}",)),
     "mambavision_large.in1k": _cfg("nvidia/MambaVision-L-1K", "mambavision_large_1k.pth.tar", crop_pct=1.0,
                                    notes=(f"official MambaVision-L, top-1 85.0; {_NC}",)),
     "mambavision_large.in21k_ft_in1k": _cfg("nvidia/MambaVision-L-21K", "mambavision_large_21k.pth.tar",
