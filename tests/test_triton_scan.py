@@ -76,6 +76,7 @@ INTERP_CASES = [
     (2, 2, 3, 3, 20, dict(BLOCK_D=2, BLOCK_L=16, num_warps=1)),
     (1, 1, 2, 1, 1, {}),
     (1, 2, 2, 1, 37, {}),
+    (3, 1, 4, 8, 9, dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)),  # MambaVision: N=8, one group, windows as batch
 ]
 CUDA_CASES = [
     (2, 4, 96, 1, 3136, {}),
@@ -85,6 +86,7 @@ CUDA_CASES = [
     (2, 4, 24, 16, 333, dict(REVERSE_BY_FLIP=False, PREFETCH=False)),
     (1, 2, 5, 3, 65, {}),
     (1, 1, 2, 1, 1, {}),
+    (8, 1, 160, 8, 196, {}),  # MambaVision-T stage 3: 14x14 windows, d_state 8
 ]
 CASES = CUDA_CASES if CUDA else INTERP_CASES
 
