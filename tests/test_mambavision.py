@@ -12,7 +12,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from _helpers import n_params, read_key_file, synthetic_official_state_dict
+from _helpers import load_tool, n_params, read_key_file, synthetic_official_state_dict
 
 import vssm  # noqa: F401
 from vssm import CheckpointMismatchError
@@ -296,3 +296,18 @@ def test_bad_inputs():
         timm.create_model("mambavision_huge")
     with torch.no_grad():  # any size at least 1x1 works in eval mode, as the official code
         assert model(torch.randn(1, 3, 1, 1)).shape == (1, 10)
+
+
+# ---- FLOPs ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,published", [("mambavision_tiny", 4.4), ("mambavision_small", 7.5)])
+def test_flops_tool_against_published(name, published):
+    """Our count is within 5% of the published one; without the attention products and the scan (ops a fvcore
+    count skips) within 1.5%."""
+    tool = load_tool("flops")
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    r = tool.count_model(model, (3, 224, 224))
+    assert abs(r["flops"] / 1e9 - published) / published < 0.05 and r["scan_flops"] > 0
+    rest = r["flops"] - r["per_op"]["bmm"] - r["scan_flops"]
+    assert abs(rest / 1e9 - published) / published < 0.015

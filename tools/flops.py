@@ -45,6 +45,12 @@ PUBLISHED_GFLOPS = {
     "groupmamba_tiny": 4.5,  # GroupMamba paper
     "groupmamba_small": 7.0,
     "groupmamba_base": 14.0,
+    "mambavision_tiny": 4.4,  # MambaVision official README
+    "mambavision_tiny2": 5.1,
+    "mambavision_small": 7.5,
+    "mambavision_base": 15.0,
+    "mambavision_large": 34.9,
+    "mambavision_large2": 37.5,
 }
 
 # ops whose torch count is already in the one-FLOP-per-multiply-add convention
