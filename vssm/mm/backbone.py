@@ -11,6 +11,8 @@ signature), ``set_grad_checkpointing``, and a module-level ``checkpoint_filter_f
 """
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -200,6 +202,25 @@ class VSSMBackbone(BaseModule):
         self._is_init = True
 
 
+# per-level output norms of the official dense (detection / segmentation) backbones: outnorm{i}.* -> out_norms.{i}.*
+_OFFICIAL_OUT_NORM = re.compile(r"^outnorm(\d+)\.")
+
+
+@contextlib.contextmanager
+def _without_head(model: nn.Module):
+    """The model with its classification-only modules (final norm, classifier, class block) set aside, for the
+    official dense checkpoints, which drop them: they keep their init."""
+    names = [p.rstrip(".") for p in _HEAD_PREFIXES if isinstance(getattr(model, p.rstrip("."), None), nn.Module)]
+    kept = {n: getattr(model, n) for n in names}
+    for n in names:
+        setattr(model, n, nn.Identity())
+    try:
+        yield model
+    finally:
+        for n, m in kept.items():
+            setattr(model, n, m)
+
+
 def _family_filter(model: nn.Module):
     module = sys.modules.get(type(model).__module__)
     return getattr(module, "checkpoint_filter_fn", None)
@@ -225,18 +246,22 @@ def load_backbone_checkpoint(backbone: VSSMBackbone, path: str, prefix: Optional
             raise CheckpointMismatchError(backbone.arch, unexpected=extra)
     else:
         out_norm_sd, model_sd = {}, sd
-    filter_fn = _family_filter(backbone.model)
-    if filter_fn is not None:
-        model_sd = filter_fn(model_sd, backbone.model)
-    else:
-        model_sd = remap_state_dict(model_sd, backbone.model, rules=[])
-    target = backbone.model.state_dict()
-    # the classifier is not part of the backbone; timm's filters keep it, we drop it
-    model_sd = {k: v for k, v in model_sd.items() if k in target}
-    missing = [k for k in target if k not in model_sd]
-    if missing:
-        raise CheckpointMismatchError(backbone.arch, missing=missing)
-    backbone.model.load_state_dict(model_sd, strict=True)
+    dense = [k for k in model_sd if _OFFICIAL_OUT_NORM.match(k)]
+    if dense:  # an official dense backbone: output norms outnorm{i}, no final norm / classifier
+        out_norm_sd.update({_OFFICIAL_OUT_NORM.sub(r"out_norms.\1.", k): model_sd.pop(k) for k in dense})
+    with _without_head(backbone.model) if dense else contextlib.nullcontext(backbone.model) as model:
+        filter_fn = _family_filter(model)
+        if filter_fn is not None:
+            model_sd = filter_fn(model_sd, model)
+        else:
+            model_sd = remap_state_dict(model_sd, model, rules=[])
+        target = model.state_dict()
+        # the classifier is not part of the backbone; timm's filters keep it, we drop it
+        model_sd = {k: v for k, v in model_sd.items() if k in target}
+        missing = [k for k in target if k not in model_sd]
+        if missing:
+            raise CheckpointMismatchError(backbone.arch, missing=missing)
+        model.load_state_dict(model_sd, strict=True)
     unexpected = [k for k in out_norm_sd if k not in own_keys]
     if unexpected:
         raise CheckpointMismatchError(backbone.arch, unexpected=unexpected)
