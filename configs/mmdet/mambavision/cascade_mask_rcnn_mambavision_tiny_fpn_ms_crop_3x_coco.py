@@ -1,6 +1,7 @@
 # Cascade Mask R-CNN 3x on COCO with MambaVision-T, the official recipe (NVlabs/MambaVision object_detection
 # configs, mmdet 3.3.0): 4conv1fc bbox heads with SyncBN and GIoU loss, multi-scale + random-crop training,
-# 36 epochs (lr x0.1 after 27 and 33), AdamW lr 1e-4, wd 0.05 (none on norms), AMP, total batch 16.
+# 36 epochs (lr x0.1 after 27 and 33), AdamW lr 1e-4, wd 0.05 (none on norms), total batch 16; the official
+# runs use AMP (add --amp to train.py), the config keeps the plain OptimWrapper so that it also runs on CPU.
 # Backbone windows 112 / 56 in stages 3-4 (the official detection values). drop_path_rate 0.2: the official
 # configs write 0.2 / 0.3 / 0.5 (T / S / B), but the official detection backbone does not pass the value on, so
 # every released detector trained with its default 0.2.
@@ -31,6 +32,6 @@ model = dict(
     ]))
 optim_wrapper = dict(
     _delete_=True,
-    type='AmpOptimWrapper',
+    type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))

@@ -1,8 +1,9 @@
 # UperNet 160k on ADE20K 512x512 with MambaVision-T, the official recipe (NVlabs/MambaVision
-# semantic_segmentation configs, mmseg 1.2.2): AdamW lr 5e-5, wd 0.01 (none on norms), AMP, linear warm-up over
+# semantic_segmentation configs, mmseg 1.2.2): AdamW lr 5e-5, wd 0.01 (none on norms), linear warm-up over
 # 1500 iterations then poly decay, 16 GPUs x 1 image (total batch 16). Backbone windows 64 / 32 in stages 3-4 (the
-# official values). drop_path_rate 0.2: the official config writes another value, but the official backbone does
-# not pass it on, so the released segmentor trained with its default 0.2.
+# official values). The official runs use AMP: add --amp to train.py. drop_path_rate 0.2: the official config
+# writes another value, but the official backbone does not pass it on, so the released segmentor trained with
+# its default 0.2.
 _base_ = '../_base_/upernet_vssm_160k_ade20k_512x512.py'
 pretrained = 'https://huggingface.co/nvidia/MambaVision-T-1K/resolve/main/mambavision_tiny_1k.pth.tar'
 backbone = dict(arch='mambavision_tiny', drop_path_rate=0.2, model_kwargs=dict(window_size=(8, 8, 64, 32)),
@@ -11,7 +12,7 @@ model = dict(backbone=backbone, decode_head=dict(in_channels=[80, 160, 320, 640]
              auxiliary_head=dict(in_channels=320))
 optim_wrapper = dict(
     _delete_=True,
-    type='AmpOptimWrapper',
+    type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=5e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
 train_dataloader = dict(batch_size=1)
