@@ -396,12 +396,9 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> MambaVision:
-    return build_family_model(MambaVision, variant, pretrained, checkpoint_filter_fn, **kwargs)
-
-
 def _model(variant: str, pretrained: bool, kwargs: Dict, **args) -> MambaVision:
-    return _create(variant, pretrained, **dict(args, **kwargs))
+    """The variant's ``args``, overridden by the caller's ``kwargs``."""
+    return build_family_model(MambaVision, variant, pretrained, checkpoint_filter_fn, **dict(args, **kwargs))
 
 
 _LS = dict(layer_scale=1e-5)  # B, L, L2: layer scale in the mixer stages
