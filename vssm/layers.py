@@ -405,7 +405,7 @@ def window_reverse(windows: torch.Tensor, window_size: Union[int, Sequence[int]]
     wh, ww = to_2tuple_size(window_size)
     nh, nw = -(-H // wh), -(-W // ww)
     C = windows.shape[-1]
-    x = windows.view(-1, nh, nw, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, nh * wh, nw * ww, C)
+    x = windows.reshape(-1, nh, nw, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, nh * wh, nw * ww, C)
     return x[:, :H, :W].contiguous()
 
 
