@@ -35,9 +35,9 @@ OFFICIAL = {
     "small": ("S", (8, 8, 112, 56), 1e-4, (8, 8, 160, 56), 6e-5, 2),
     "base": ("B", (8, 8, 112, 56), 2e-4, (8, 8, 64, 32), 5e-5, 1),
 }
-# the loss / predict tests run the tiny model with small windows (the official 112 / 56 pad a small image to
+# the loss / predict tests run a small MambaVision with small windows (the official 112 / 56 pad a small image to
 # 112x112 / 56x56 token maps: slow on the CPU, same code)
-_SMALL_WINDOWS = dict(window_size=(8, 8, 4, 2))
+_MICRO = dict(dim=8, in_dim=8, depths=(1, 1, 3, 2), num_heads=(1, 1, 2, 4), window_size=(8, 8, 4, 2))
 
 
 def _size(path):
@@ -87,12 +87,13 @@ def test_seg_config_official_values(path):
 
 
 def test_backbone_window_sizes_and_outputs():
-    b = VSSMBackbone("mambavision_tiny", model_kwargs=dict(window_size=(8, 8, 112, 56))).eval()
+    b = VSSMBackbone("mambavision_tiny", model_kwargs=dict(window_size=(8, 8, 112, 56)))
     assert [s.window_size for s in b.model.stages] == [8, 8, 112, 56]
     assert b.channels == [80, 160, 320, 640] and b.strides == [4, 8, 16, 32]
+    b = VSSMBackbone("mambavision_tiny", model_kwargs=_MICRO).eval()
     with torch.no_grad():
         outs = b(torch.randn(1, 3, 64, 96))
-    assert [tuple(o.shape) for o in outs] == [(1, 80, 16, 24), (1, 160, 8, 12), (1, 320, 4, 6), (1, 640, 2, 3)]
+    assert [tuple(o.shape) for o in outs] == [(1, 8, 16, 24), (1, 16, 8, 12), (1, 32, 4, 6), (1, 64, 2, 3)]
     for o in outs:  # per-level LayerNorm over channels, as the official outnorm{i}
         torch.testing.assert_close(o.mean(1), torch.zeros_like(o.mean(1)), atol=1e-4, rtol=0)
 
@@ -101,7 +102,11 @@ def test_det_loss_and_predict():
     pytest.importorskip("mmdet")
     cfg = Config.fromfile(DET[[_size(p) for p in DET].index("tiny")])
     cfg.model.backbone.init_cfg = None
-    cfg.model.backbone.model_kwargs = _SMALL_WINDOWS
+    cfg.model.backbone.model_kwargs = _MICRO
+    cfg.model.neck.in_channels = [8, 16, 32, 64]
+    for stage in cfg.model.train_cfg.rcnn:  # 32 RoIs per cascade stage, not 512: the 4conv1fc heads are costly
+        stage.sampler.num = 32
+    cfg.model.test_cfg.rpn.max_per_img = 50  # and 50 proposals at test time, not 1000
     model = _build(cfg.model, "mmdet")
     model.init_weights()
     img, sample = _det_sample(96, 128)
@@ -131,7 +136,9 @@ def test_seg_loss_and_predict():
     from mmseg.structures import SegDataSample
     cfg = Config.fromfile(SEG[[_size(p) for p in SEG].index("tiny")])
     cfg.model.backbone.init_cfg = None
-    cfg.model.backbone.model_kwargs = _SMALL_WINDOWS
+    cfg.model.backbone.model_kwargs = _MICRO
+    cfg.model.decode_head.in_channels = [8, 16, 32, 64]
+    cfg.model.auxiliary_head.in_channels = 32
     h, w = 96, 128
     cfg.model.data_preprocessor.size = (h, w)
     model = _build(cfg.model, "mmseg")
