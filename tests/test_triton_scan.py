@@ -204,7 +204,7 @@ def test_compile_traces_custom_op_forward_and_backward(triton_scan, monkeypatch)
     """fullgraph torch.compile through vssm::selective_scan and its opaque backward op (no graph break)."""
     import importlib
     from vssm import kernels
-    ss = importlib.import_module("kernels.selective_scan")
+    ss = importlib.import_module("vssm.kernels.selective_scan")
     backend = "triton"
     if not CUDA:  # the interpreter runs the same kernels on CPU tensors under a CPU-enabled registration
         backend = "triton_interpreted"
