@@ -154,7 +154,9 @@ def test_official_files_with_namespace_and_yacs_config_load(tmp_path, monkeypatc
                tmp_path / "official.pth")
     monkeypatch.delitem(sys.modules, "yacs.config")
     monkeypatch.delitem(sys.modules, "yacs")
+    registered = set(torch.serialization.get_safe_globals())
     out = load_checkpoint_file(tmp_path / "official.pth")
+    assert set(torch.serialization.get_safe_globals()) == registered  # the process-wide allowlist is kept
     assert out["args"].lr == 1e-3 and out["config"]["MODEL"]["NAME"] == "vmamba_nano"
     assert type(out["config"]) is collections.OrderedDict and out["config"].__dict__["__immutable__"] is True
     loaded = timm.create_model("vmamba_nano", pretrained=True,
@@ -183,7 +185,7 @@ def test_mm_checkpoint_of_unpatched_mmengine_loads(tmp_path, monkeypatch):
 
     class _GetattrOther:
         def __reduce__(self):
-            return (getattr, (argparse, "ArgumentParser"))
+            return (getattr, (argparse.ArgumentParser, "parse_args"))
     torch.save({"x": _GetattrOther()}, tmp_path / "bad.pth")
     with pytest.raises(UnsafeCheckpointError):
         mm_load(str(tmp_path / "bad.pth"))

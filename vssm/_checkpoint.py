@@ -33,12 +33,15 @@ class _InertConfigClass:
         self.__new__ = lambda cls, *args: collections.OrderedDict()
 
 
+_YACS_CONFIG = (_InertConfigClass("yacs.config.CfgNode"), "yacs.config.CfgNode")
+
+
 def official_file_globals() -> List[Any]:
     """Harmless non-tensor classes that official release files carry: ``argparse.Namespace`` (timm-style ``args``
     of Vim and others), the yacs ``CfgNode`` config (loaded as an ``OrderedDict``) and the sets it holds.
     ``import vssm`` registers them with ``torch.serialization.add_safe_globals``, so timm's own
     ``weights_only=True`` loader takes these files."""
-    return [argparse.Namespace, set, (_InertConfigClass("yacs.config.CfgNode"), "yacs.config.CfgNode")]
+    return [argparse.Namespace, set, _YACS_CONFIG]
 
 
 def numpy_data_globals() -> List[Any]:
@@ -64,7 +67,9 @@ def load_checkpoint_file(f, map_location="cpu", extra_globals: Sequence[Any] = (
     :func:`numpy_data_globals` and ``extra_globals``. Anything else pickled in the file raises
     :class:`UnsafeCheckpointError` naming the file and the refused globals; nothing in the file is executed."""
     source = source or (os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "<buffer>"))
-    allowed = [*official_file_globals(), *numpy_data_globals(), *extra_globals]
+    registered = set(torch.serialization.get_safe_globals())
+    # only what is not registered yet: leaving the context manager removes its globals, also ones registered before
+    allowed = [g for g in (*official_file_globals(), *numpy_data_globals(), *extra_globals) if g not in registered]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(f, map_location=map_location, weights_only=True)
