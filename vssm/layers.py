@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 
 from . import kernels
 from . import scans
@@ -108,6 +108,7 @@ class ConvStem(nn.Module):
 # downsamples: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C_out)
 # --------------------------------------------------------------------------------------------------
 
+@register_notrace_module  # pads odd maps (control flow on the shape): a leaf for torch.fx
 class PatchMerging(nn.Module):
     """2x2 neighbourhood concat -> norm(4C) -> linear (VMamba v0 "v1" downsample, Swin style).
 

@@ -13,26 +13,27 @@ channels), and ``(y_f + flip(y_b)) * silu(z)`` (halved with ``divide_out``) goes
 """
 from __future__ import annotations
 
+import argparse
 import math
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
-from timm.models import checkpoint_seq
+from timm.models import checkpoint_seq, load_pretrained
 from timm.models._features import feature_take_indices
 
 from . import kernels
 from .layers import _dt_init, ssm_no_weight_decay
 
-__all__ = ["MambaMixer", "PlainMambaModel", "custom_file_load"]
+__all__ = ["MambaMixer", "PlainMambaModel", "check_image", "custom_file_load", "load_official_file"]
 
 _BACKWARD_SUFFIX = "_b"  # official names of the backward direction's parameters: conv1d_b, x_proj_b, A_b_log, ...
 
 
 @register_notrace_function  # shape checks and views on the sequence length: a leaf for torch.fx
-def _grouped_scan(u: torch.Tensor, x_dbl: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
+def grouped_scan(u: torch.Tensor, x_dbl: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
                   delta_bias: torch.Tensor, backend: str) -> torch.Tensor:
     """Selective scan of K sequence groups in one call.
 
@@ -128,7 +129,7 @@ class MambaMixer(nn.Module):
         A = -torch.exp(torch.cat([a.float() for a in self._stacked("A{}_log")]))
         D = torch.cat([d.float() for d in self._stacked("D{}")])
         delta_bias = torch.cat([p.bias.float() for p in dt_projs])
-        y = _grouped_scan(u, x_dbl, torch.stack([p.weight for p in dt_projs]), A, D, delta_bias, self.backend)
+        y = grouped_scan(u, x_dbl, torch.stack([p.weight for p in dt_projs]), A, D, delta_bias, self.backend)
         if self.bidirectional:
             y = y[:, 0] + y[:, 1].flip(-1)
             if self.divide_out:
@@ -141,6 +142,33 @@ class MambaMixer(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "
                 f"d_conv={self.d_conv}, bidirectional={self.bidirectional}")
+
+
+@register_notrace_function  # control flow on the input's shape: a leaf for torch.fx (the checks still run)
+def check_image(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a ``(B, in_chans, H, W)`` image with H, W >= ``min_size``."""
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a (batch, {in_chans}, H, W) image tensor, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name} was built for {in_chans} input channels, got {x.shape[1]} (input shape "
+                         f"{tuple(x.shape)}); pass in_chans= to create_model")
+    H, W = x.shape[-2:]
+    if H < min_size or W < min_size:
+        raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {min_size}")
+
+
+def load_official_file(model: nn.Module, path: str, key: str, filter_fn: Callable) -> None:
+    """Load the published weights of an official training file into ``model`` through timm's adaptation
+    (classifier for another ``num_classes``, patch conv for another ``in_chans``): the file is read with
+    ``weights_only=True`` (``argparse.Namespace`` allowed: official files keep their training args), ``key``
+    names the entry that holds the weights (a bare state dict is taken as it is), ``filter_fn`` maps it."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+        checkpoint = checkpoint[key]
+    cfg = dict(model.pretrained_cfg, state_dict=checkpoint, file=None, custom_load=False)
+    load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
+                    filter_fn=filter_fn)
 
 
 def custom_file_load(kwargs: dict) -> dict:
@@ -157,8 +185,9 @@ class PlainMambaModel(nn.Module):
 
     A family sets ``patch_embed``, ``layers`` (an ``nn.Sequential``), ``norm``, ``head``, ``feature_info`` (one
     entry per layer), ``in_chans``, ``min_input_size``, ``num_classes``, ``global_pool`` and implements
-    :meth:`embed` (image -> first layer's input), :meth:`layer_map` (a layer's output -> NCHW map) and
-    :meth:`forward_head`.
+    :meth:`embed` (image -> first layer's input), :meth:`layer_map` (a layer's output -> NCHW map),
+    ``forward_features``, :meth:`forward_head` and ``forward`` (in the family's own file: torch.fx wraps the
+    registered no-trace helpers in the globals of the file that holds the traced ``forward``).
     """
 
     grad_checkpointing = False
@@ -199,30 +228,10 @@ class PlainMambaModel(nn.Module):
             raise ValueError(f"{type(self).__name__}: global_pool must be one of {self.pool_types}, got {global_pool!r}")
         return global_pool
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small)."""
-        name = type(self).__name__
-        if x.dim() != 4:
-            raise ValueError(f"{name} expects a (batch, {self.in_chans}, H, W) image tensor, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{name} was built for {self.in_chans} input channels, got {x.shape[1]} (input shape "
-                             f"{tuple(x.shape)}); pass in_chans= to create_model")
-        H, W = x.shape[-2:]
-        if H < self.min_input_size or W < self.min_input_size:
-            raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least "
-                             f"{self.min_input_size}")
-
     def forward_layers(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.layers, x)
         return self.layers(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image -> the last layer's output, normed (Vim: ``(B, N + 1, C)`` tokens; Mamba-ND: ``(B, h, w, C)``)."""
-        return self.norm(self.forward_layers(self.embed(x)[0]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
             self,

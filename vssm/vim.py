@@ -21,19 +21,18 @@ Architecture (the released ``*_bimambav2_final_pool_mean_abs_pos_embed_with_midc
 """
 from __future__ import annotations
 
-import argparse
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import (DropPath, RmsNormFp32, lecun_normal_, register_notrace_function, resample_abs_pos_embed,
                          trunc_normal_)
-from timm.models import build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ._backbone import imagenet_cfg
 from ._checkpoint import remap_state_dict, unwrap_state_dict
 from .layers import PatchEmbed, to_2tuple_size
-from .mamba1d import MambaMixer, PlainMambaModel, custom_file_load
+from .mamba1d import MambaMixer, PlainMambaModel, check_image, custom_file_load, load_official_file
 
 __all__ = ["Vim", "VimBlock", "checkpoint_filter_fn"]
 
@@ -165,7 +164,7 @@ class Vim(PlainMambaModel):
 
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image -> ``(B, N + 1, C)`` float32 tokens (class token in the middle, position embedding added)."""
-        self.check_input(x)
+        check_image(x, self.in_chans, self.min_input_size, type(self).__name__)
         x = self.patch_embed(x)  # (B, h, w, C)
         grid = x.shape[1:3]
         x = insert_middle_token(x.flatten(1, 2), self.cls_token)
@@ -177,6 +176,13 @@ class Vim(PlainMambaModel):
         patches = split_middle_token(x)[1]
         return patches.unflatten(1, tuple(grid)).permute(0, 3, 1, 2)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> the last layer's normed ``(B, N + 1, C)`` tokens (class token in the middle)."""
+        return self.norm(self.forward_layers(self.embed(x)[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Normed tokens ``(B, N + 1, C)`` -> logits (``pre_logits``: the pooled feature ``(B, C)``)."""
         if self.global_pool:
@@ -187,15 +193,11 @@ class Vim(PlainMambaModel):
 
     @torch.jit.ignore
     def load_pretrained(self, path: str) -> None:
-        """Load an official Vim file: its ``'model'`` weights (those of the published accuracy; the file also
-        holds ``'model_ema'``, ``'optimizer'`` and the training ``args``). timm's own file loader would take
-        ``'model_ema'``: the pretrained cfgs and ``pretrained_cfg_overlay=dict(file=...)`` send files here."""
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state_dict = checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
-        cfg = dict(self.pretrained_cfg, state_dict=state_dict, file=None, custom_load=False)
-        load_pretrained(self, pretrained_cfg=cfg, num_classes=self.num_classes, in_chans=self.in_chans,
-                        filter_fn=checkpoint_filter_fn)
+        """Load an official Vim file: its ``'model'`` weights (those of the published accuracy: the official
+        training keeps its best checkpoint by the accuracy of ``'model'``; the file also holds ``'model_ema'``, the
+        optimizer and the training ``args``). timm's own file loader would take ``'model_ema'``; the pretrained cfgs
+        and ``pretrained_cfg_overlay=dict(file=...)`` send files here."""
+        load_official_file(self, path, "model", checkpoint_filter_fn)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Vim) -> Dict[str, torch.Tensor]:
