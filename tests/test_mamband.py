@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -79,7 +80,8 @@ def test_official_logits_micro(micro_ref, size):
 
 def test_mmengine_file_through_timm(micro_ref, tmp_path):
     path = tmp_path / "mamba2d_micro.pth"
-    torch.save({"meta": {"epoch": 300, "mmengine_version": "0.10.7"}, "state_dict": micro_ref["state_dict"]}, path)
+    torch.save({"meta": {"epoch": 300, "mmengine_version": "0.10.7", "seed": np.int64(77)},
+                "state_dict": micro_ref["state_dict"], "message_hub": {"log_scalars": {"loss": np.ones(3)}}}, path)
     kw = dict(micro_ref["kwargs"])
     kw.pop("depth"), kw.pop("embed_dim")
     model = timm.create_model("mamba2d_small", pretrained=True, embed_dim=32, depth=6,

@@ -11,7 +11,7 @@ import torch
 
 from _helpers import create_meta, n_params, read_key_file, synthetic_official_checkpoint
 
-import vssm  # noqa: F401  (registers the models)
+import vssm
 from vssm import CheckpointMismatchError
 from vssm.vim import Vim, checkpoint_filter_fn, resample_middle_pos_embed
 
@@ -92,6 +92,17 @@ def test_full_size_official_checkpoint_loads_strictly(tmp_path):
     model = timm.create_model("vim_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     torch.testing.assert_close(model.norm.weight, ckpt["model"]["norm_f.weight"])
     torch.testing.assert_close(model.pos_embed, ckpt["model"]["pos_embed"])
+
+
+class Unlisted:  # a class no allowlist names: a file pickling it must not load
+    pass
+
+
+def test_unsafe_file_refused(micro_ref, tmp_path):
+    path = tmp_path / "vim_unsafe.pth"
+    torch.save({"model": micro_ref["stride8"]["state_dict"], "extra": Unlisted()}, path)
+    with pytest.raises(vssm.UnsafeCheckpointError, match="Unlisted"):
+        timm.create_model("vim_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
 def test_mismatched_checkpoint_names_keys(micro_ref):

@@ -13,9 +13,8 @@ channels), and ``(y_f + flip(y_b)) * silu(z)`` (halved with ``divide_out``) goes
 """
 from __future__ import annotations
 
-import argparse
 import math
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,6 +24,7 @@ from timm.models import checkpoint_seq, load_pretrained
 from timm.models._features import feature_take_indices
 
 from . import kernels
+from ._checkpoint import load_checkpoint_file
 from .layers import _dt_init, ssm_no_weight_decay
 
 __all__ = ["MambaMixer", "PlainMambaModel", "check_image", "custom_file_load", "load_official_file"]
@@ -157,13 +157,13 @@ def check_image(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> Non
         raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {min_size}")
 
 
-def load_official_file(model: nn.Module, path: str, key: str, filter_fn: Callable) -> None:
+def load_official_file(model: nn.Module, path: str, key: str, filter_fn: Callable,
+                       extra_globals: Sequence = ()) -> None:
     """Load the published weights of an official training file into ``model`` through timm's adaptation
-    (classifier for another ``num_classes``, patch conv for another ``in_chans``): the file is read with
-    ``weights_only=True`` (``argparse.Namespace`` allowed: official files keep their training args), ``key``
-    names the entry that holds the weights (a bare state dict is taken as it is), ``filter_fn`` maps it."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    (classifier for another ``num_classes``, patch conv for another ``in_chans``): the file is read by
+    :func:`vssm.load_checkpoint_file` (``weights_only=True``; its allowlist plus ``extra_globals``), ``key`` names
+    the entry that holds the weights (a bare state dict is taken as it is), ``filter_fn`` maps it."""
+    checkpoint = load_checkpoint_file(path, extra_globals=extra_globals)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
         checkpoint = checkpoint[key]
     cfg = dict(model.pretrained_cfg, state_dict=checkpoint, file=None, custom_load=False)

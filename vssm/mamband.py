@@ -31,7 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from . import scans
 from ._backbone import imagenet_cfg
-from ._checkpoint import remap_state_dict, unwrap_state_dict
+from ._checkpoint import numpy_data_globals, remap_state_dict, unwrap_state_dict
 from .layers import PatchEmbed, PatchMerging, to_2tuple_size
 from .mamba1d import MambaMixer, PlainMambaModel, check_image, custom_file_load, load_official_file
 
@@ -200,8 +200,8 @@ class MambaND(PlainMambaModel):
     @torch.jit.ignore
     def load_pretrained(self, path: str) -> None:
         """Load an official mmengine checkpoint: its ``'state_dict'`` (with mmengine's EMA hook of the official
-        config, the averaged weights that the official test evaluates)."""
-        load_official_file(self, path, "state_dict", checkpoint_filter_fn)
+        config, the averaged weights that the official test evaluates); numpy data (mmengine's logs) is allowed."""
+        load_official_file(self, path, "state_dict", checkpoint_filter_fn, extra_globals=numpy_data_globals())
 
 
 def _merging_order(dim: int) -> torch.Tensor:
