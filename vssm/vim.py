@@ -131,6 +131,7 @@ class Vim(PlainMambaModel):
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # class slot at num_patches // 2
+        self.cls_token._no_weight_decay = self.pos_embed._no_weight_decay = True
         self.pos_drop = nn.Dropout(pos_drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.layers = nn.Sequential(*[
