@@ -173,6 +173,8 @@ def test_official_values():
 # image size of the loss / predict tests; LocalVMamba's window scans are several times slower on the CPU than the
 # other families' scans (its backward at 128x160 takes ~25 s on 2 cores), so it gets a smaller image
 _IMG_SIZE = {"localvmamba": (64, 96), "vim": (64, 96)}
+# backbone overrides of the loss / predict tests: Vim's 24 layers cut to 4 (the four outputs and the pyramid kept)
+_BACKBONE_OVERRIDES = {"vim": dict(out_indices=(0, 1, 2, 3), model_kwargs=dict(depth=4))}
 
 
 def _det_sample(h=128, w=160):
@@ -195,6 +197,7 @@ def test_det_loss_and_predict(family):
     _need("mmdet")
     cfg = Config.fromfile(os.path.join(REPO, FAMILY_DET[family]))
     cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.update(_BACKBONE_OVERRIDES.get(family, {}))
     model = _build(cfg.model, "mmdet")
     model.init_weights()
     h, w = _IMG_SIZE.get(family, (128, 160))
@@ -233,6 +236,7 @@ def test_seg_loss_and_predict(family):
     from mmseg.structures import SegDataSample
     cfg = Config.fromfile(os.path.join(REPO, FAMILY_SEG[family]))
     cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.update(_BACKBONE_OVERRIDES.get(family, {}))
     h, w = _IMG_SIZE.get(family, (128, 160))
     cfg.model.data_preprocessor.size = (h, w)
     model = _build(cfg.model, "mmseg")
@@ -631,3 +635,50 @@ randomness = dict(seed=0)
     _run_tool(_tool("mmseg", "test.py"), str(cfg_path), str(work / "iter_4.pth"), "--work-dir", str(work / "test"),
               "--cfg-options", "experiment_name=seg_test")
     assert "mIoU" in _read_logs(work / "test")
+
+
+# ---- plain families (Vim, Mamba-ND): layers as stages, the simple feature pyramid ------------------
+
+_TINY_VIM = dict(embed_dim=32, depth=4)
+
+
+def test_plain_backbone_pyramid():
+    torch.manual_seed(0)
+    b = VSSMBackbone("vim_tiny", out_indices=(0, 1, 2, 3), pyramid=True, model_kwargs=_TINY_VIM).eval()
+    assert b.channels == [32] * 4 and b.strides == [4, 8, 16, 32]
+    x = torch.randn(2, 3, 64, 96)
+    outs = b(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3)]
+    # the stride-16 output is layer 2's normed token map; the stride-32 one the max-pooled layer-3 map
+    maps = b.model.forward_intermediates(x, indices=[2, 3], intermediates_only=True)
+    normed = [b.out_norms[str(i)](m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for i, m in zip((2, 3), maps)]
+    torch.testing.assert_close(outs[2], normed[0])
+    torch.testing.assert_close(outs[3], torch.nn.functional.max_pool2d(normed[1], 2))
+    # one layer: all four scales from it (ViTDet); Mamba-ND's maps are stride 16 after its patch merging
+    nd = VSSMBackbone("mamba2d_small", out_indices=(3,), pyramid=True,
+                      model_kwargs=dict(embed_dim=16, depth=4, downsample_layers=(1,)))
+    assert [tuple(o.shape) for o in nd(torch.randn(1, 3, 64, 64))] == [(1, 16, 16, 16), (1, 16, 8, 8),
+                                                                      (1, 16, 4, 4), (1, 16, 2, 2)]
+    with pytest.raises(ValueError, match="pyramid"):
+        VSSMBackbone("vmamba_nano", pyramid=True)
+    with pytest.raises(ValueError, match="pyramid"):
+        VSSMBackbone("vim_tiny", out_indices=(0, 1), pyramid=True, model_kwargs=_TINY_VIM)
+
+
+def test_plain_backbone_freezing_and_checkpoint(tmp_path):
+    import argparse
+    import timm
+    b = VSSMBackbone("vim_tiny", out_indices=(1, 3), frozen_stages=1, model_kwargs=_TINY_VIM)
+    b.train()
+    frozen = {n for n, p in b.named_parameters() if not p.requires_grad}
+    assert {"model.pos_embed", "model.cls_token", "model.patch_embed.proj.weight"} <= frozen
+    assert any(n.startswith("model.layers.0.") for n in frozen)
+    assert not any(n.startswith("model.layers.1.") for n in frozen)
+    assert "model.norm.weight" in frozen  # the classification-only final norm
+    # an official Vim training file: its 'model' weights are loaded (not 'model_ema')
+    src = timm.create_model("vim_tiny", **_TINY_VIM)
+    sd = {("norm_f." + k[5:] if k.startswith("norm.") else k): v for k, v in src.state_dict().items()}
+    path = tmp_path / "vim_t_official.pth"
+    torch.save({"model": sd, "model_ema": {k: v + 1 for k, v in sd.items()}, "args": argparse.Namespace(lr=1)}, path)
+    load_backbone_checkpoint(b, str(path))
+    torch.testing.assert_close(b.model.layers[2].mixer.A_b_log, src.layers[2].mixer.A_b_log)
