@@ -101,8 +101,9 @@ def test_bidirectional_flip_swaps_directions():
     m = perturbed_mixer(dim=16, d_state=4, bidirectional=True)
     swapped = perturbed_mixer(dim=16, d_state=4, bidirectional=True)
     sd = m.state_dict()
-    backward_of = {"conv1d.weight": "conv1d_b.weight", "conv1d.bias": "conv1d_b.bias", "x_proj.weight": "x_proj_b.weight",
-                   "dt_proj.weight": "dt_proj_b.weight", "dt_proj.bias": "dt_proj_b.bias", "A_log": "A_b_log", "D": "D_b"}
+    backward_of = {"conv1d.weight": "conv1d_b.weight", "conv1d.bias": "conv1d_b.bias",
+                   "x_proj.weight": "x_proj_b.weight", "dt_proj.weight": "dt_proj_b.weight",
+                   "dt_proj.bias": "dt_proj_b.bias", "A_log": "A_b_log", "D": "D_b"}
     swap = dict(sd)
     for f, b in backward_of.items():
         swap[f], swap[b] = sd[b], sd[f]

@@ -98,7 +98,8 @@ def test_full_size_official_checkpoint_loads_strictly(tmp_path):
     torch.testing.assert_close(model.fc_norm.weight, sd["backbone.ln2.weight"])
     torch.testing.assert_close(model.head.weight, sd["head.fc.weight"])
     # patch merging: our (position-major) features are the official (channel-major) unfold features permuted
-    ours, theirs = model.layers[9].downsample.reduction.weight, sd["backbone.layers.9.down_sample_layer.reduction.weight"]
+    ours = model.layers[9].downsample.reduction.weight
+    theirs = sd["backbone.layers.9.down_sample_layer.reduction.weight"]
     c = 384
     torch.testing.assert_close(ours[:, 1 * c + 5], theirs[:, 5 * 4 + 2])  # our slot (1, 0) of channel 5: unfold 2*1+0
     torch.testing.assert_close(ours[:, 2 * c + 7], theirs[:, 7 * 4 + 1])  # our slot (0, 1) of channel 7: unfold 1

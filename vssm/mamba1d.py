@@ -34,7 +34,7 @@ _BACKWARD_SUFFIX = "_b"  # official names of the backward direction's parameters
 
 @register_notrace_function  # shape checks and views on the sequence length: a leaf for torch.fx
 def grouped_scan(u: torch.Tensor, x_dbl: torch.Tensor, dt_weight: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
-                  delta_bias: torch.Tensor, backend: str) -> torch.Tensor:
+                 delta_bias: torch.Tensor, backend: str) -> torch.Tensor:
     """Selective scan of K sequence groups in one call.
 
     ``u (B, K*E, L)`` conv outputs, ``x_dbl (B, K, R + 2N, L)`` their x-projections, ``dt_weight (K, E, R)``,
@@ -225,7 +225,8 @@ class PlainMambaModel(nn.Module):
 
     def _check_pool(self, global_pool: str) -> str:
         if global_pool not in self.pool_types:
-            raise ValueError(f"{type(self).__name__}: global_pool must be one of {self.pool_types}, got {global_pool!r}")
+            raise ValueError(f"{type(self).__name__}: global_pool must be one of {self.pool_types}, "
+                             f"got {global_pool!r}")
         return global_pool
 
     def forward_layers(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ Architecture (``image_classification/config/mamba2d.py`` / ``mamba2d_b.py``):
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -262,8 +262,10 @@ def _cfg(hf_hub_filename: str, **kwargs) -> Dict:
 
 # Official test pipeline: resize the short edge to 256 (bicubic), center crop 224 (crop_pct 0.875).
 default_cfgs = generate_default_cfgs({
-    "mamba2d_small.in1k": _cfg("in1k/mamba2d_s.pth", notes=("official Mamba2D-S/8 (config/mamba2d.py), top-1 81.7; the repository states no licence",)),
-    "mamba2d_base.in1k": _cfg("in1k/mamba2d_b.pth", notes=("official Mamba2D-B/8 (config/mamba2d_b.py), top-1 83.0; the repository states no licence",)),
+    "mamba2d_small.in1k": _cfg("in1k/mamba2d_s.pth", notes=(
+        "official Mamba2D-S/8 (config/mamba2d.py), top-1 81.7; the repository states no licence",)),
+    "mamba2d_base.in1k": _cfg("in1k/mamba2d_b.pth", notes=(
+        "official Mamba2D-B/8 (config/mamba2d_b.py), top-1 83.0; the repository states no licence",)),
 })
 
 

@@ -135,7 +135,9 @@ class VSSMBackbone(BaseModule):
                                        **model_kwargs)
         self._stem_name, self._stages_name = _trunk_names(self.model)
         missing = [a for a in ("feature_info", "forward_intermediates", "set_grad_checkpointing")
-                   if not hasattr(self.model, a)] + ([] if self._stages_name else ["stem/stages (or patch_embed/layers)"])
+                   if not hasattr(self.model, a)]
+        if not self._stages_name:
+            missing.append("stem/stages (or patch_embed/layers)")
         if missing:
             raise TypeError(f"VSSMBackbone: {arch} ({type(self.model).__name__}) lacks {missing}, which the "
                             f"adapter needs")
