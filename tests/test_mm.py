@@ -682,3 +682,29 @@ def test_plain_backbone_freezing_and_checkpoint(tmp_path):
     torch.save({"model": sd, "model_ema": {k: v + 1 for k, v in sd.items()}, "args": argparse.Namespace(lr=1)}, path)
     load_backbone_checkpoint(b, str(path))
     torch.testing.assert_close(b.model.layers[2].mixer.A_b_log, src.layers[2].mixer.A_b_log)
+
+
+def test_plain_backbone_mamband_official_file(tmp_path):
+    """An mmengine Mamba-ND checkpoint: the adapter strips 'backbone.', the family filter maps the rest."""
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=16, depth=4, downsample_layers=(1,))
+    b = VSSMBackbone("mamba2d_small", out_indices=(0, 3), model_kwargs=kwargs)
+    src = VSSMBackbone("mamba2d_small", out_indices=(0, 3), model_kwargs=kwargs).model
+    rename = {"patch_embed.proj.": "patch_embed.projection.", "layers.1.downsample.": "layers.1.down_sample_layer.",
+              "norm.": "ln1.", "fc_norm.": "ln2."}
+    sd = {}
+    for k, v in src.state_dict().items():
+        if k.startswith("head."):
+            continue
+        if "downsample" in k:  # ours position-major -> official channel-major (unfold) features
+            v = v.unflatten(-1, (4, 16)).transpose(-1, -2)[..., [0, 2, 1, 3]].flatten(-2)
+        for a, o in rename.items():
+            if k.startswith(a):
+                k = o + k[len(a):]
+        sd["backbone." + k] = v
+    path = tmp_path / "mamba2d_official.pth"
+    torch.save({"meta": {"epoch": 300}, "state_dict": sd}, path)
+    load_backbone_checkpoint(b, str(path))
+    for k, v in src.state_dict().items():
+        if not k.startswith("head."):
+            torch.testing.assert_close(b.model.state_dict()[k], v, msg=k)

@@ -223,21 +223,17 @@ _RULES = [
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MambaND) -> Dict[str, torch.Tensor]:
-    """Map an official Mamba-ND checkpoint (mmengine ``{'state_dict': sd, 'meta': ...}`` or the bare mmpretrain
-    classifier state dict) onto ``model``: prefixes and names, the patch-merging features into our order, the
+    """Map an official Mamba-ND checkpoint (mmengine ``{'state_dict': sd, 'meta': ...}``, the bare mmpretrain
+    classifier state dict, or its backbone without the ``backbone.`` prefix) onto ``model``: prefixes and names, the patch-merging features into our order, the
     position embedding resampled if the model's grid differs. A state dict already in vssm layout passes
     through the same key check (:class:`vssm.CheckpointMismatchError` names missing / unexpected / mis-shaped
     keys; the classifier and the patch conv's input channels are left to timm's adaptation)."""
-    sd = unwrap_state_dict(state_dict)
-    official = any(k.startswith("backbone.") for k in sd)
     out = {}
-    for k, v in sd.items():
-        if official:
-            for pattern, repl in _RULES:
-                k = re.sub(pattern, repl, k)
-            if ".downsample." in k:
-                order = _merging_order(v.shape[-1] // 4)
-                v = v[..., order]
+    for k, v in unwrap_state_dict(state_dict).items():
+        if ".down_sample_layer." in k:  # official (unfold-ordered) merging features
+            v = v[..., _merging_order(v.shape[-1] // 4)]
+        for pattern, repl in _RULES:  # official names (no-ops on vssm names)
+            k = re.sub(pattern, repl, k)
         out[k] = v
     pos = out.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape and pos.shape[-1] == model.pos_embed.shape[-1]:
