@@ -45,13 +45,17 @@ FAMILY_DET = {
     "localvmamba": "configs/mmdet/localvmamba/mask_rcnn_local_vmamba_tiny_fpn_1x_coco.py",
     "efficientvmamba": "configs/mmdet/efficientvmamba/mask_rcnn_efficient_vmamba_tiny_fpn_1x_coco.py",
     "groupmamba": "configs/mmdet/groupmamba/mask_rcnn_groupmamba_tiny_fpn_1x_coco.py",
+    "vim": "configs/mmdet/vim/mask_rcnn_vim_small_fpn_1x_coco.py",
 }
 FAMILY_SEG = {
     "vmamba": "configs/mmseg/vmamba/upernet_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
     "localvmamba": "configs/mmseg/localvmamba/upernet_local_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
     "efficientvmamba": "configs/mmseg/efficientvmamba/upernet_efficient_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
     "groupmamba": "configs/mmseg/groupmamba/upernet_groupmamba_tiny_8xb2-160k_ade20k-512x512.py",
+    "vim": "configs/mmseg/vim/upernet_vim_tiny_8xb4-160k_ade20k-512x512.py",
 }
+# segmentation recipes other than VMamba's (lr, weight decay, images per GPU): Vim's ported from its official config
+SEG_RECIPE = {"vim_tiny": (1e-4, 0.05, 4), "vim_small": (1e-4, 0.05, 4)}
 
 
 def _rel(path):
@@ -113,7 +117,8 @@ def test_seg_config_builds(path):
     cfg, channels = _check_config(path, "mmseg")
     assert cfg.model.decode_head.in_channels == channels
     assert cfg.model.auxiliary_head.in_channels == channels[cfg.model.auxiliary_head.in_index]
-    assert cfg.optim_wrapper.optimizer.lr == 6e-5 and cfg.train_cfg.max_iters == 160000
+    lr = SEG_RECIPE.get(cfg.model.backbone.arch, (6e-5,))[0]
+    assert cfg.optim_wrapper.optimizer.lr == lr and cfg.train_cfg.max_iters == 160000
 
 
 _LM = "https://github.com/hunto/LocalMamba/releases/download/v1.0.0/"
@@ -133,6 +138,9 @@ OFFICIAL = {
         ("efficient_vmamba_tiny", "tiny"), ("efficient_vmamba_small_d96", "small"), ("efficient_vmamba_base", "base"))},
     **{(task, f"groupmamba_{s}"): (dpr, f"ckpts/groupmamba_{s}.pth") for task in ("det", "seg")
        for s, dpr in (("tiny", 0.2), ("small", 0.3), ("base", 0.6))},
+    ("det", "vim_small"): (0.1, "ckpts/vim_s_midclstok_80p5acc.pth"),
+    ("seg", "vim_tiny"): (0.1, "ckpts/vim_t_midclstok_76p1acc.pth"),
+    ("seg", "vim_small"): (0.1, "ckpts/vim_s_midclstok_80p5acc.pth"),
 }
 
 
@@ -156,7 +164,8 @@ def test_official_values():
                 assert ms == ("ms_crop" in path), path
                 seen.add((task, b.arch, "3x" if "3x" in path else "1x"))
             else:
-                assert cfg.optim_wrapper.optimizer.weight_decay == 0.01 and cfg.train_dataloader.batch_size == 2
+                _, wd, batch = SEG_RECIPE.get(b.arch, (None, 0.01, 2))
+                assert cfg.optim_wrapper.optimizer.weight_decay == wd and cfg.train_dataloader.batch_size == batch
                 assert cfg.model.data_preprocessor.size == (512, 512), path
                 seen.add((task, b.arch, "160k"))
     want = {(t, a, s) for t, a in OFFICIAL for s in ({"det": ("1x", "3x"), "seg": ("160k",)}[t])}
@@ -167,7 +176,9 @@ def test_official_values():
 
 # image size of the loss / predict tests; LocalVMamba's window scans are several times slower on the CPU than the
 # other families' scans (its backward at 128x160 takes ~25 s on 2 cores), so it gets a smaller image
-_IMG_SIZE = {"localvmamba": (64, 96)}
+_IMG_SIZE = {"localvmamba": (64, 96), "vim": (64, 96)}
+# backbone overrides of the loss / predict tests: Vim's 24 layers cut to 4 (the four outputs and the pyramid kept)
+_BACKBONE_OVERRIDES = {"vim": dict(out_indices=(0, 1, 2, 3), model_kwargs=dict(depth=4))}
 
 
 def _det_sample(h=128, w=160):
@@ -190,6 +201,7 @@ def test_det_loss_and_predict(family):
     _need("mmdet")
     cfg = Config.fromfile(os.path.join(REPO, FAMILY_DET[family]))
     cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.update(_BACKBONE_OVERRIDES.get(family, {}))
     model = _build(cfg.model, "mmdet")
     model.init_weights()
     h, w = _IMG_SIZE.get(family, (128, 160))
@@ -206,7 +218,7 @@ def test_det_loss_and_predict(family):
     # every trainable backbone parameter gets a gradient (what DDP's unused-parameter check needs), the frozen
     # head-only modules (final norm, GroupMamba's class-token block) none
     trainable = [(n, p) for n, p in model.backbone.named_parameters() if p.requires_grad]
-    assert any("stages.0" in n for n, _ in trainable)
+    assert any(("stages.0" in n or "layers.0" in n) for n, _ in trainable)
     assert not [n for n, p in trainable if p.grad is None]
 
     model.eval()
@@ -228,6 +240,7 @@ def test_seg_loss_and_predict(family):
     from mmseg.structures import SegDataSample
     cfg = Config.fromfile(os.path.join(REPO, FAMILY_SEG[family]))
     cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.update(_BACKBONE_OVERRIDES.get(family, {}))
     h, w = _IMG_SIZE.get(family, (128, 160))
     cfg.model.data_preprocessor.size = (h, w)
     model = _build(cfg.model, "mmseg")
@@ -626,3 +639,76 @@ randomness = dict(seed=0)
     _run_tool(_tool("mmseg", "test.py"), str(cfg_path), str(work / "iter_4.pth"), "--work-dir", str(work / "test"),
               "--cfg-options", "experiment_name=seg_test")
     assert "mIoU" in _read_logs(work / "test")
+
+
+# ---- plain families (Vim, Mamba-ND): layers as stages, the simple feature pyramid ------------------
+
+_TINY_VIM = dict(embed_dim=32, depth=4)
+
+
+def test_plain_backbone_pyramid():
+    torch.manual_seed(0)
+    b = VSSMBackbone("vim_tiny", out_indices=(0, 1, 2, 3), pyramid=True, model_kwargs=_TINY_VIM).eval()
+    assert b.channels == [32] * 4 and b.strides == [4, 8, 16, 32]
+    x = torch.randn(2, 3, 64, 96)
+    outs = b(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3)]
+    # the stride-16 output is layer 2's normed token map; the stride-32 one the max-pooled layer-3 map
+    maps = b.model.forward_intermediates(x, indices=[2, 3], intermediates_only=True)
+    normed = [b.out_norms[str(i)](m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for i, m in zip((2, 3), maps)]
+    torch.testing.assert_close(outs[2], normed[0])
+    torch.testing.assert_close(outs[3], torch.nn.functional.max_pool2d(normed[1], 2))
+    # one layer: all four scales from it (ViTDet); Mamba-ND's maps are stride 16 after its patch merging
+    nd = VSSMBackbone("mamba2d_small", out_indices=(3,), pyramid=True,
+                      model_kwargs=dict(embed_dim=16, depth=4, downsample_layers=(1,)))
+    assert [tuple(o.shape) for o in nd(torch.randn(1, 3, 64, 64))] == [(1, 16, 16, 16), (1, 16, 8, 8),
+                                                                      (1, 16, 4, 4), (1, 16, 2, 2)]
+    with pytest.raises(ValueError, match="pyramid"):
+        VSSMBackbone("vmamba_nano", pyramid=True)
+    with pytest.raises(ValueError, match="pyramid"):
+        VSSMBackbone("vim_tiny", out_indices=(0, 1), pyramid=True, model_kwargs=_TINY_VIM)
+
+
+def test_plain_backbone_freezing_and_checkpoint(tmp_path):
+    import argparse
+    import timm
+    b = VSSMBackbone("vim_tiny", out_indices=(1, 3), frozen_stages=1, model_kwargs=_TINY_VIM)
+    b.train()
+    frozen = {n for n, p in b.named_parameters() if not p.requires_grad}
+    assert {"model.pos_embed", "model.cls_token", "model.patch_embed.proj.weight"} <= frozen
+    assert any(n.startswith("model.layers.0.") for n in frozen)
+    assert not any(n.startswith("model.layers.1.") for n in frozen)
+    assert "model.norm.weight" in frozen  # the classification-only final norm
+    # an official Vim training file: its 'model' weights are loaded (not 'model_ema')
+    src = timm.create_model("vim_tiny", **_TINY_VIM)
+    sd = {("norm_f." + k[5:] if k.startswith("norm.") else k): v for k, v in src.state_dict().items()}
+    path = tmp_path / "vim_t_official.pth"
+    torch.save({"model": sd, "model_ema": {k: v + 1 for k, v in sd.items()}, "args": argparse.Namespace(lr=1)}, path)
+    load_backbone_checkpoint(b, str(path))
+    torch.testing.assert_close(b.model.layers[2].mixer.A_b_log, src.layers[2].mixer.A_b_log)
+
+
+def test_plain_backbone_mamband_official_file(tmp_path):
+    """An mmengine Mamba-ND checkpoint: the adapter strips 'backbone.', the family filter maps the rest."""
+    torch.manual_seed(0)
+    kwargs = dict(embed_dim=16, depth=4, downsample_layers=(1,))
+    b = VSSMBackbone("mamba2d_small", out_indices=(0, 3), model_kwargs=kwargs)
+    src = VSSMBackbone("mamba2d_small", out_indices=(0, 3), model_kwargs=kwargs).model
+    rename = {"patch_embed.proj.": "patch_embed.projection.", "layers.1.downsample.": "layers.1.down_sample_layer.",
+              "norm.": "ln1.", "fc_norm.": "ln2."}
+    sd = {}
+    for k, v in src.state_dict().items():
+        if k.startswith("head."):
+            continue
+        if "downsample" in k:  # ours position-major -> official channel-major (unfold) features
+            v = v.unflatten(-1, (4, 16)).transpose(-1, -2)[..., [0, 2, 1, 3]].flatten(-2)
+        for a, o in rename.items():
+            if k.startswith(a):
+                k = o + k[len(a):]
+        sd["backbone." + k] = v
+    path = tmp_path / "mamba2d_official.pth"
+    torch.save({"meta": {"epoch": 300}, "state_dict": sd}, path)
+    load_backbone_checkpoint(b, str(path))
+    for k, v in src.state_dict().items():
+        if not k.startswith("head."):
+            torch.testing.assert_close(b.model.state_dict()[k], v, msg=k)

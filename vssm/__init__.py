@@ -20,3 +20,5 @@ _torch.serialization.add_safe_globals(official_file_globals())
 
 __all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "UnsafeCheckpointError",
            "load_checkpoint_file", "remap_state_dict", "unwrap_state_dict"]
+from . import vim  # noqa: E402  (Vim family, issue 19)
+from . import mamband  # noqa: E402  (Mamba-ND family, issue 19)

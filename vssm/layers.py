@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, register_notrace_module, trunc_normal_
 
 from . import kernels
 from . import scans
@@ -59,16 +59,24 @@ def _conv_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` conv + norm (VMamba v0 / LocalMamba / GroupMamba stem)."""
+    """Non-overlapping ``patch_size`` conv + norm (VMamba v0 / LocalMamba / GroupMamba stem).
+
+    ``stride``: conv stride (default ``patch_size``; smaller: overlapping patches, Vim's stride-8 models).
+    ``pad``: zero-pad the bottom/right up to a multiple of the stride first (Mamba-ND, mmcv's corner padding);
+    without it the conv floors."""
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4,
-                 norm_layer: Optional[NormLayer] = nn.LayerNorm):
+                 norm_layer: Optional[NormLayer] = nn.LayerNorm, stride: Optional[int] = None, pad: bool = False):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.stride = stride or patch_size
+        self.pad = pad
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=self.stride)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = F.pad(x, (0, -x.shape[-1] % self.stride, 0, -x.shape[-2] % self.stride))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -101,6 +109,7 @@ class ConvStem(nn.Module):
 # downsamples: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C_out)
 # --------------------------------------------------------------------------------------------------
 
+@register_notrace_module  # pads odd maps (control flow on the shape): a leaf for torch.fx
 class PatchMerging(nn.Module):
     """2x2 neighbourhood concat -> norm(4C) -> linear (VMamba v0 "v1" downsample, Swin style).
 

@@ -8,6 +8,8 @@ checkpoints through the family's own ``checkpoint_filter_fn`` (the same mapping 
 A family plugs in by providing, on the timm model: ``stem`` and ``stages`` (an indexable container of
 stages, stage ``i`` producing ``feature_info[i]``), ``feature_info``, ``forward_intermediates`` (timm
 signature), ``set_grad_checkpointing``, and a module-level ``checkpoint_filter_fn(state_dict, model)``.
+The plain (one-width) families Vim and Mamba-ND have ``patch_embed`` and ``layers`` instead: every layer counts
+as a stage, and ``pyramid=True`` turns their stride-16 maps into maps at strides 4 / 8 / 16 / 32.
 """
 from __future__ import annotations
 
@@ -43,7 +45,36 @@ def list_archs() -> List[str]:
 
 # top-level modules of the timm models that only the classification head uses (forward_intermediates with
 # norm=False never touches them)
-_HEAD_PREFIXES = ("norm.", "head.", "cls_block.")
+_HEAD_PREFIXES = ("norm.", "head.", "cls_block.", "fc_norm.")
+
+
+def _trunk_names(model: nn.Module) -> Tuple[str, str]:
+    """Attribute names ``(stem, stages)``: a staged family's ``stem`` / ``stages``, or a plain family's
+    ``patch_embed`` / ``layers`` (one layer per 'stage'); ``('', '')`` if neither."""
+    for stem, stages in (("stem", "stages"), ("patch_embed", "layers")):
+        if hasattr(model, stem) and hasattr(model, stages):
+            return stem, stages
+    return "", ""
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """Stride-s maps of a plain backbone -> maps at strides s/4, s/2, s, 2s (BEiT / ViTDet style, the official Vim
+    segmentation neck): deconv 2x2 -> BatchNorm -> GELU -> deconv 2x2; deconv 2x2; identity; max-pool 2x2. Four
+    input maps get one operation each (in that order); a single map gets all four. Channels are kept."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.ops = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(channels, channels, 2, stride=2), nn.BatchNorm2d(channels), nn.GELU(),
+                          nn.ConvTranspose2d(channels, channels, 2, stride=2)),
+            nn.ConvTranspose2d(channels, channels, 2, stride=2),
+            nn.Identity(),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+        ])
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        maps = list(maps) * 4 if len(maps) == 1 else list(maps)
+        return [op(m) for op, m in zip(self.ops, maps)]
 
 
 def _read_checkpoint(path: str, map_location="cpu"):
@@ -62,6 +93,8 @@ class VSSMBackbone(BaseModule):
             0..k-1 with their output norms (kept in eval mode, no gradients).
         with_cp: gradient checkpointing of every stage (saves activation memory).
         out_norm: LayerNorm on every returned map (the official detection backbones have one per stage).
+        pyramid: plain families only (Vim, Mamba-ND): :class:`SimpleFeaturePyramid` on the maps of
+            ``out_indices`` (one layer, or four), returning strides 4 / 8 / 16 / 32 (after the out norms).
         model_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``scan_backend='triton'``).
         pretrained: shorthand for ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])``. PATH is an official
@@ -79,6 +112,7 @@ class VSSMBackbone(BaseModule):
             frozen_stages: int = -1,
             with_cp: bool = False,
             out_norm: bool = True,
+            pyramid: bool = False,
             model_kwargs: Optional[Dict] = None,
             pretrained: Optional[str] = None,
             init_cfg: Optional[Union[Dict, List[Dict]]] = None,
@@ -101,12 +135,15 @@ class VSSMBackbone(BaseModule):
                 raise ValueError(f"VSSMBackbone: model_kwargs may not set {key!r} (the adapter controls it)")
         self.model = timm.create_model(arch, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate,
                                        **model_kwargs)
-        missing = [a for a in ("stem", "stages", "feature_info", "forward_intermediates", "set_grad_checkpointing")
+        self._stem_name, self._stages_name = _trunk_names(self.model)
+        missing = [a for a in ("feature_info", "forward_intermediates", "set_grad_checkpointing")
                    if not hasattr(self.model, a)]
+        if not self._stages_name:
+            missing.append("stem/stages (or patch_embed/layers)")
         if missing:
             raise TypeError(f"VSSMBackbone: {arch} ({type(self.model).__name__}) lacks {missing}, which the "
                             f"adapter needs")
-        num_stages = len(self.model.stages)
+        num_stages = len(getattr(self.model, self._stages_name))
 
         out_indices = tuple(out_indices) if not isinstance(out_indices, int) else (out_indices,)
         if not out_indices:
@@ -124,6 +161,12 @@ class VSSMBackbone(BaseModule):
         self.num_stages = num_stages
         self.channels = [self.model.feature_info[i]["num_chs"] for i in out_indices]
         self.strides = [self.model.feature_info[i]["reduction"] for i in out_indices]
+        if pyramid:
+            if self._stages_name != "layers":
+                raise ValueError(f"VSSMBackbone: pyramid=True is for the plain families (Vim, Mamba-ND), not {arch}")
+            if len(out_indices) not in (1, 4) or len(set(self.channels)) != 1 or len(set(self.strides)) != 1:
+                raise ValueError(f"VSSMBackbone: pyramid=True needs one or four out_indices of one width and stride, "
+                                 f"got {out_indices} (channels {self.channels}, strides {self.strides})")
         self.channels_last = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
 
         # one norm per returned map, named by stage index (out_norms.<i>) so checkpoints survive a change
@@ -131,12 +174,15 @@ class VSSMBackbone(BaseModule):
         self.out_norms = nn.ModuleDict({
             str(i): (nn.LayerNorm(c) if out_norm else nn.Identity()) for i, c in zip(out_indices, self.channels)
         })
+        self.pyramid = SimpleFeaturePyramid(self.channels[0]) if pyramid else None
+        if pyramid:
+            self.channels, self.strides = self.channels[:1] * 4, [self.strides[0] * f for f in (0.25, 0.5, 1, 2)]
 
         # parameters the forward never uses (the classification head's modules: final norm, classifier, GroupMamba's
         # class-token block; stages past the last output) must not require grad, or DDP complains about unused
         # parameters. They stay in the model: official checkpoints hold them and load with the full key check.
-        self._unused_prefixes = list(_HEAD_PREFIXES) + [f"stages.{i}." for i in range(max(out_indices) + 1,
-                                                                                       num_stages)]
+        self._unused_prefixes = list(_HEAD_PREFIXES) + [f"{self._stages_name}.{i}." for i in
+                                                        range(max(out_indices) + 1, num_stages)]
         for name, p in self.model.named_parameters():
             if any(name.startswith(pre) for pre in self._unused_prefixes):
                 p.requires_grad_(False)
@@ -151,9 +197,9 @@ class VSSMBackbone(BaseModule):
     def _frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:
             return []
-        mods = [self.model.stem]
+        mods = [getattr(self.model, self._stem_name)]
         for i in range(self.frozen_stages):
-            mods.append(self.model.stages[i])
+            mods.append(getattr(self.model, self._stages_name)[i])
             if str(i) in self.out_norms:
                 mods.append(self.out_norms[str(i)])
         return mods
@@ -163,6 +209,10 @@ class VSSMBackbone(BaseModule):
             m.eval()
             for p in m.parameters():
                 p.requires_grad_(False)
+        if self.frozen_stages >= 0:  # the plain families' embeddings belong to the stem
+            for name in ("pos_embed", "cls_token"):
+                if isinstance(getattr(self.model, name, None), nn.Parameter):
+                    getattr(self.model, name).requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -181,6 +231,8 @@ class VSSMBackbone(BaseModule):
                 f = f.permute(0, 2, 3, 1)
             f = self.out_norms[str(i)](f)
             outs.append(f.permute(0, 3, 1, 2).contiguous())
+        if self.pyramid is not None:
+            outs = self.pyramid(outs)
         return tuple(outs)
 
     # ---- weights -------------------------------------------------------------------------------------
