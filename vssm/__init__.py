@@ -15,10 +15,10 @@ from . import groupmamba  # noqa: E402  (GroupMamba family, issue 6)
 from . import efficientvmamba  # noqa: E402  (EfficientVMamba family, issue 5)
 from . import localmamba  # noqa: E402  (LocalMamba family, issue 4)
 from . import mambavision  # noqa: E402  (MambaVision family, issue 17)
+from . import vim  # noqa: E402  (Vim family, issue 19)
+from . import mamband  # noqa: E402  (Mamba-ND family, issue 19)
 
 _torch.serialization.add_safe_globals(official_file_globals())
 
 __all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "UnsafeCheckpointError",
            "load_checkpoint_file", "remap_state_dict", "unwrap_state_dict"]
-from . import vim  # noqa: E402  (Vim family, issue 19)
-from . import mamband  # noqa: E402  (Mamba-ND family, issue 19)
