@@ -166,6 +166,9 @@ def _tile(pid_d, pid_bg, L, DG, G, N, sd_b, sd_c, NP: tl.constexpr, BLOCK_D: tl.
 #   and its output is dropped). Outputs of the K sequences land on the same (channel, position) unless SPLIT,
 #   so y / du are accumulated with fp32 atomics. PER_SEQ: y / dy are K maps ``(batch, K, C_k, H, W)`` instead,
 #   sequence g writing (reading) map g, channel d, with plain stores: nothing is summed.
+#   Deterministic mode (``torch.use_deterministic_algorithms(True)``): no float atomics. y goes through the PER_SEQ
+#   path into K float32 maps (split patterns: into the one map, whose channels the sequences share out), du
+#   (DETERMINISTIC) into map g at ``g * sdu_g``; the maps are summed afterwards in a fixed order.
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
 def _rows(pid_bg, G, DG, d, s_b, s_c, s_g, GATHER: tl.constexpr, SPLIT: tl.constexpr):
@@ -282,9 +285,9 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, i
 @triton.jit
 def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, idx_ptr,
                 du_ptr, ddelta_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, state_ptr,
-                L, DG, G, N, NCHUNK, W_img, sd_b, sd_c, su_b, su_c, su_h, su_w, sy_b, sy_g, sy_c, sy_h, sy_w,
+                L, DG, G, N, NCHUNK, W_img, sd_b, sd_c, su_b, su_c, su_h, su_w, sy_b, sy_g, sy_c, sy_h, sy_w, sdu_g,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, PER_SEQ: tl.constexpr,
-                HAVE_STATES: tl.constexpr,
+                HAVE_STATES: tl.constexpr, DETERMINISTIC: tl.constexpr,
                 REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
@@ -439,9 +442,11 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
         dbias_acc += tl.sum(ddelta, axis=1)
         tl.store(ddelta_ptr + seq_off[:, None] + offs_l[None, :], ddelta.to(ddelta_ptr.dtype.element_ty),
                  mask=mask_cl)
+        if DETERMINISTIC:  # sequence g's own du map (sdu_g apart), written once per element
+            du_row = du_row + g.to(tl.int64) * sdu_g
         du_ptrs = du_ptr + du_row[:, None] + upos[None, :]
         du_mask = mask_cl & valid[None, :]
-        if GATHER:
+        if GATHER and not DETERMINISTIC:
             tl.atomic_add(du_ptrs, du, mask=du_mask, sem="relaxed")
         else:
             tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=du_mask)
@@ -546,10 +551,12 @@ def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=N
 
 
 def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplus, index=None, width=1,
-                     split=True, states=None):
+                     split=True, states=None, du_map_stride=None):
     """Run the backward kernel; writes (accumulates, with ``index``) ``du`` and returns the other gradients
     ``(ddelta, dA, dB, dC, dD, ddelta_bias)``.
-    ``states``: the forward's chunk-start states; without them the kernel recomputes them first."""
+    ``states``: the forward's chunk-start states; without them the kernel recomputes them first.
+    ``du_map_stride`` (deterministic mode, see :func:`scan2d_backward`): plain stores, sequence g writing ``du``
+    at ``g * du_map_stride`` elements further on, instead of atomic adds."""
     batch, groups, n_state, length = B.shape
     channels = A.shape[0]
     dg = channels // groups
@@ -578,8 +585,9 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
         _bwd_kernel[grid](u, delta, A, B, C, D, delta_bias, grad_y, u if index is None else index,
                           du, ddelta, dA_part, dD_part, dbias_part, dB, dC, states,
                           length, dg, groups, n_state, n_chunks, width, *delta.stride()[:2], *_map_strides(u, index),
-                          *_out_strides(grad_y, index), SOFTPLUS=bool(delta_softplus), GATHER=index is not None,
-                          SPLIT=bool(split), PER_SEQ=grad_y.dim() == 5, HAVE_STATES=have_states,
+                          *_out_strides(grad_y, index), du_map_stride or 0, SOFTPLUS=bool(delta_softplus),
+                          GATHER=index is not None, SPLIT=bool(split), PER_SEQ=grad_y.dim() == 5,
+                          HAVE_STATES=have_states, DETERMINISTIC=du_map_stride is not None,
                           REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"],
                           BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
     return (ddelta, dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
@@ -644,9 +652,12 @@ def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplu
     batch, channels, H, W = x.shape
     groups, n_state, length = B.shape[1:]
     width = A.shape[0]
+    maps = None
     if per_sequence:  # every (sequence, position) is written once
         y = torch.empty(batch, groups, H, W, width // groups, device=x.device, dtype=out_dtype)
         y = y.permute(0, 1, 4, 2, 3)
+    elif torch.are_deterministic_algorithms_enabled():
+        y, maps = _deterministic_maps(batch, groups, channels, H, W, split, x.device)
     else:
         y = torch.zeros(batch, H, W, channels, device=x.device, dtype=torch.float32).permute(0, 3, 1, 2)
     shape = states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
@@ -654,7 +665,23 @@ def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplu
     if batch * width * length:
         _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split,
                         states=states if save_states else None)
+    if maps is not None:  # the K maps summed in the order k = 0, 1, ... (one map for split patterns)
+        y = (maps[0] if len(maps) == 1 else maps.sum(0)).permute(0, 3, 1, 2)
     return y.to(out_dtype), states
+
+
+def _deterministic_maps(batch, groups, channels, H, W, split, device):
+    """Deterministic mode (``torch.use_deterministic_algorithms(True)``) of the summed output: ``(y, maps)``, with
+    ``y`` the ``(batch, K, C_k, H, W)`` target of the kernel's per-sequence path (plain stores, no atomics) in
+    ``maps (M, batch, H, W, C)`` float32 zeros. Split patterns: M = 1, sequence k owning channels k*C_k.. of the
+    one map; else M = K maps, one per sequence, summed by the caller in a fixed order. Each element is written
+    once as long as no sequence visits a position twice (true of every registered pattern)."""
+    f32 = dict(device=device, dtype=torch.float32)
+    if split:
+        maps = torch.zeros(1, batch, H, W, channels, **f32)
+        return maps[0].view(batch, H, W, groups, channels // groups).permute(0, 3, 4, 1, 2), maps
+    maps = torch.zeros(groups, batch, H, W, channels, **f32)
+    return maps.permute(1, 0, 4, 2, 3), maps
 
 
 def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, states=None,
@@ -662,7 +689,9 @@ def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delt
     """Gradients of :func:`scan2d_forward`: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)``, plus ``ddt_proj``
     with ``dt_proj`` (then ``ddelta`` is the gradient of the low-rank input, and the step sizes are projected
     again here). ``grad_y``: of the summed map, or 5D of the K per-sequence maps. ``states``: the ones the forward
-    saved (else recomputed)."""
+    saved (else recomputed). Under ``torch.use_deterministic_algorithms(True)`` dx is stored without atomics
+    (K float32 maps summed in order, or one map for split patterns), as the forward's summed output is; the
+    other gradients never use atomics, so the results are bitwise reproducible."""
     from .scan2d import rank_padded_operands, steps_from_operands
     x = _dense(x)
     if dt_proj is not None:
@@ -673,10 +702,19 @@ def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delt
     A, B, C, D, delta_bias = (t.contiguous() for t in (A, B, C, D, delta_bias))
     if grad_y.dim() == 4:
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
-    dx = torch.zeros_like(x, dtype=torch.float32)
+    map_stride = None
+    if not torch.are_deterministic_algorithms_enabled():
+        dx = torch.zeros_like(x, dtype=torch.float32)
+    else:  # plain stores: split patterns into one map (their sequences own disjoint channels), else K maps
+        maps = torch.zeros(1 if split else index.shape[0], x.numel(), device=x.device, dtype=torch.float32)
+        dx = maps[0].as_strided(x.shape, x.stride())  # x is dense: its strides address numel elements
+        map_stride = x.numel() if len(maps) > 1 else 0
     ddelta, *grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus, index=index,
                                       width=x.shape[3], split=split,
-                                      states=states if states is not None and states.numel() else None)
+                                      states=states if states is not None and states.numel() else None,
+                                      du_map_stride=map_stride)
+    if map_stride is not None and len(maps) > 1:  # the K maps summed in the order k = 0, 1, ...
+        dx = maps.sum(0).as_strided(x.shape, x.stride())
     if dt_proj is None:
         return (dx.to(x.dtype), ddelta, *grads)
     batch, K, R, length = low_shape

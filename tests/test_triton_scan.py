@@ -486,6 +486,139 @@ def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan):
         assert counter.get_total_flops() == expected
 
 
+# ---- deterministic mode: torch.use_deterministic_algorithms(True) -----------------------------------------
+
+@pytest.fixture
+def deterministic_algorithms():
+    """A switch for ``torch.use_deterministic_algorithms``, restored after the test."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield torch.use_deterministic_algorithms
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@pytest.fixture
+def atomics(monkeypatch):
+    """Under the interpreter: a list that grows by one entry per executed atomic read-modify-write."""
+    if CUDA:
+        return None
+    from triton.runtime import interpreter
+    calls = []
+    create = interpreter.InterpreterBuilder.create_atomic_rmw
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[0])
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counted)
+    return calls
+
+
+# one case per registered pattern (test_determinism_cases_cover_every_pattern): (name, options, batch, channels,
+# H, W, N, dt rank)
+DETERMINISM_CASES = [
+    ("cross", {}, 1, 3, 3, 5, 2, 2),
+    ("group", {}, 1, 8, 3, 5, 1, 0),
+    ("atrous", {}, 1, 3, 5, 3, 3, 0),
+    ("window", {"directions": ["h", "v_flip", "w2", "w7_flip"]}, 1, 2, 5, 6, 1, 0),
+] if not CUDA else [
+    ("cross", {}, 4, 96, 56, 56, 1, 6),
+    ("group", {}, 4, 64, 28, 28, 1, 0),
+    ("atrous", {}, 4, 96, 27, 33, 16, 0),
+    ("window", {"directions": ["h", "v_flip", "w2", "w7_flip"]}, 4, 64, 15, 20, 16, 0),
+]
+
+
+def test_determinism_cases_cover_every_pattern():
+    from vssm import scans
+    assert {case[0] for case in DETERMINISM_CASES} == set(scans.list_scans())
+
+
+def run_scan2d(triton_scan, pattern, args, index, dt_proj, grad_y):
+    """Output and every gradient of the fused op, as the autograd path runs it (states saved)."""
+    y, states = triton_scan.scan2d_forward(*args.values(), index, pattern.split_channels, True, True, dt_proj)
+    return [y, *triton_scan.scan2d_backward(grad_y, *args.values(), index, pattern.split_channels, True, states,
+                                            dt_proj)]
+
+
+@kernel_test
+@pytest.mark.parametrize("name,options,batch,channels,H,W,n,rank", DETERMINISM_CASES)
+def test_scan2d_deterministic_mode(triton_scan, deterministic_algorithms, atomics, name, options, batch, channels,
+                                   H, W, n, rank):
+    """With deterministic algorithms on, the fused scan runs without float atomics (counted under the interpreter),
+    two runs give bitwise the same output and gradients, in the layouts of the default mode, and these agree with
+    the default (atomic) mode within float32 rounding. Without the switch the atomics are used."""
+    from vssm import scans
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    pattern = scans.build(name, **options)
+    for row in pattern.index_map(H, W):  # what plain stores rely on: a sequence visits a position at most once
+        visited = row[row >= 0]
+        assert visited.unique().numel() == visited.numel()
+    inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
+    dt_proj = None
+    if rank:
+        K, L, ck = pattern.K, pattern.sequence_length(H, W), pattern.channels_per_sequence(channels)
+        inputs["delta"] = torch.randn(batch, K, rank, L, device=DEVICE)
+        dt_proj = torch.randn(K, ck, rank, device=DEVICE) * 0.5
+    index = pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
+    grad_y = torch.randn(batch, channels, H, W, device=DEVICE)
+
+    deterministic_algorithms(False)
+    default = run_scan2d(triton_scan, pattern, inputs, index, dt_proj, grad_y)
+    if atomics is not None:
+        assert len(atomics) > 0
+        atomics.clear()
+    deterministic_algorithms(True)
+    first = run_scan2d(triton_scan, pattern, inputs, index, dt_proj, grad_y)
+    second = run_scan2d(triton_scan, pattern, inputs, index, dt_proj, grad_y)
+    if atomics is not None:
+        assert atomics == []
+    names = ["y", "dx", "ddelta", "dA", "dB", "dC", "dD", "ddelta_bias"] + (["ddt_proj"] if rank else [])
+    assert len(first) == len(names)
+    for key, a, b, ref in zip(names, first, second, default):
+        assert torch.equal(a, b), key
+        assert a.shape == ref.shape and a.dtype == ref.dtype and a.stride() == ref.stride(), key
+        assert rel_err(a, ref.double()) < 1e-5, key
+    assert first[0].is_contiguous(memory_format=torch.channels_last)
+    assert first[1].stride() == inputs["x"].stride()
+
+
+@kernel_test
+def test_selective_scan_has_no_atomics(triton_scan, deterministic_algorithms, atomics):
+    """The 1D kernels write every output once, in either mode: bitwise the same twice with the switch on."""
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    inputs = make_inputs(1, 2, 2, 2, 10, device=DEVICE) if not CUDA else make_inputs(4, 4, 96, 16, 3136, device=DEVICE)
+    deterministic_algorithms(True)
+    runs = []
+    for _ in range(2):
+        y = triton_scan.forward(*inputs.values(), True)
+        runs.append([y, *triton_scan.backward(torch.ones_like(y), *inputs.values(), True)])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert atomics is None or atomics == []
+
+
+@kernel_test
+@pytest.mark.parametrize("name", ["cross", "group"])
+def test_scan2d_op_deterministic_fake_layouts(triton_scan, deterministic_algorithms, name):
+    """opcheck of the ops in deterministic mode: the fake implementations still describe the outputs."""
+    from vssm import scans
+    if not CUDA:
+        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+    deterministic_algorithms(True)
+    pattern = scans.build(name)
+    inputs = scan2d_inputs(pattern, 1, 4, 2, 3, 1, torch.float32, DEVICE, False)
+    index = pattern.device_index(2, 3, torch.device(DEVICE), torch.int32)
+    args = (*inputs.values(), index, pattern.split_channels, True, True, None, torch.bfloat16, False)
+    torch.library.opcheck(torch.ops.vssm.scan2d.default, args, test_utils=("test_schema", "test_faketensor"))
+    y, states = torch.ops.vssm.scan2d(*args)
+    bwd_args = (torch.randn(y.shape, device=DEVICE).to(y.dtype), *inputs.values(), index, states,
+                pattern.split_channels, True, None)
+    torch.library.opcheck(torch.ops.vssm.scan2d_backward.default, bwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 @cuda_only
 def test_scan2d_auto_dispatch_matches_pytorch_backend():
     from vssm import kernels
