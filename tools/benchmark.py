@@ -6,6 +6,8 @@
     python tools/benchmark.py scan2d [--pattern cross --batch 128 --channels 96 --size 56 --state 1 --dtype bf16]
     python tools/benchmark.py model [--models vmamba_tiny,...] [--batch 128 --img 224] [--backends triton,chunked]
                                     [--compile]
+    python tools/benchmark.py compare [--official FAMILY=PATH ...] [--scan | --resolution-sweep | --stability N]
+                                      (vssm against the official code and timm models: see tools/compare.py)
 
 For every backend: forward and forward+backward time (median of ``triton.testing.do_bench``), the bytes that
 must move through device memory (every input read once, every output written once), the GB/s that time
@@ -432,7 +434,12 @@ def main(argv=None):
     m.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     m.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also print the K costliest CUDA kernels of 3 inference passes and of 3 training steps")
+    compare = _compare_tool()
+    compare.add_arguments(sub.add_parser("compare", help="vssm, the official code and timm models side by side "
+                                                         "(tools/compare.py)"))
     args = p.parse_args(argv)
+    if args.cmd == "compare":
+        return compare.run(args)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark needs a CUDA device")
     if args.cmd == "scan2d":
@@ -447,5 +454,11 @@ def main(argv=None):
         bench_scan(args)
 
 
+def _compare_tool():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import compare
+    return compare
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
