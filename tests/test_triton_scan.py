@@ -622,7 +622,8 @@ def test_scan2d_op_deterministic_fake_layouts(triton_scan, deterministic_algorit
 @cuda_only
 def test_scan2d_auto_dispatch_matches_pytorch_backend():
     from vssm import kernels
-    inputs = scan2d_inputs(__import__("scans").build("cross"), 2, 32, 14, 14, 1, torch.bfloat16, "cuda", True)
+    from vssm import scans
+    inputs = scan2d_inputs(scans.build("cross"), 2, 32, 14, 14, 1, torch.bfloat16, "cuda", True)
     y = kernels.scan2d(*inputs.values(), pattern="cross")
     y_ref = kernels.scan2d(*inputs.values(), pattern="cross", backend="chunked")
     assert y.dtype == torch.float32 and rel_err(y, y_ref.double()) < 1e-2
