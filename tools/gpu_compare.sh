@@ -4,7 +4,7 @@
 # Here, on the CPU machine, once:        tools/gpu_compare.sh stage
 #   copies the official sources from the fetched mirrors (fetch github:MzeroMiko/VMamba, hunto/LocalMamba,
 #   TerryPei/EfficientVMamba, Amshaker/GroupMamba first; MIRRORS=/work/.mirror) into .official/, downloads the
-#   Python packages the official models import and the GPU image lacks into .whl/, and ignores both in git.
+#   Python packages the official models import and the GPU image lacks into .whl/ (both in .gitignore).
 # On the GPU machine, each stage one call, carry [".official", ".whl"], e.g.
 #   run(command="tools/gpu_compare.sh build tests scan", carry=[".official", ".whl"], timeout_s=600)
 # Stages: build (official kernels, sm_90 only), tests (GPU tests), scan (scan rows), models (eager side by side),
@@ -24,8 +24,6 @@ MODELS=vmamba_tiny,vmamba_small,vmamba_base,local_vmamba_tiny,efficient_vmamba_b
 
 stage() {  # CPU machine: sources and wheels to carry
   local mirrors=${MIRRORS:-/work/.mirror}
-  local exclude; exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"
-  for p in /.official/ /.whl/; do grep -qx "$p" "$exclude" 2>/dev/null || echo "$p" >> "$exclude"; done
   mkdir -p $OFF .whl
   copy() {  # mirror name, folder, paths in the repository
     local git="$mirrors/$1/repo"; mkdir -p "$OFF/$2"
