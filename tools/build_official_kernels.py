@@ -28,7 +28,8 @@ import textwrap
 import time
 from pathlib import Path
 
-NVCC_FLAGS = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+# the repositories' nvcc flags, less their -std=c++17: torch adds the standard its headers need
+NVCC_FLAGS = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
               "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
               "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
               "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math", "-lineinfo"]
@@ -111,7 +112,19 @@ def plan(checkouts, only, all_dtypes):
 
 def build_one(key, name, src, files, out, arch, jobs, all_dtypes):
     """Compile one extension with torch's ninja builder; copy the module to ``out``."""
-    from torch.utils.cpp_extension import load
+    if "CUDA_HOME" not in os.environ:  # torch takes nvcc's parent folder, wrong when nvcc on PATH is a wrapper
+        nvcc = shutil.which("nvcc")
+        candidates = [Path(os.path.realpath(nvcc)).parent.parent] if nvcc else []
+        candidates += [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"), reverse=True)]
+        home = next((c for c in candidates if (c / "include" / "cuda_runtime_api.h").is_file()), None)
+        if home is not None:
+            os.environ["CUDA_HOME"] = str(home)
+    from torch.utils.cpp_extension import CUDA_HOME, load
+    includes = [str(src / "csrc/selective_scan")]
+    if CUDA_HOME and not (Path(CUDA_HOME) / "include" / "cusparse.h").is_file():
+        import nvidia  # a toolkit without the library headers torch's include: those of torch's nvidia wheels
+        includes += [str(d) for root in nvidia.__path__ for d in Path(root).glob("*/include")
+                     if (d / "cusparse.h").is_file()]
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch
     os.environ["MAX_JOBS"] = str(jobs)
     build = out / "build" / name
@@ -122,8 +135,8 @@ def build_one(key, name, src, files, out, arch, jobs, all_dtypes):
         stub.write_text(not_built_source())
         sources.append(str(stub))
     start = time.time()
-    load(name=name, sources=sources, extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=NVCC_FLAGS,
-         extra_include_paths=[str(src / "csrc/selective_scan")], build_directory=str(build), verbose=True,
+    load(name=name, sources=sources, extra_cflags=["-O3"], extra_cuda_cflags=NVCC_FLAGS,
+         extra_include_paths=includes, build_directory=str(build), verbose=True,
          with_cuda=True)
     shutil.copy2(build / f"{name}.so", out / f"{name}.so")
     print(f"[build_official_kernels] {name}: built in {time.time() - start:.0f} s -> {out / (name + '.so')}",

@@ -85,8 +85,8 @@ OFFICIAL: Dict[str, Official] = {
         kernels=(("selective_scan_cuda_core",),)),
 }
 FAMILIES = sorted({o.family for o in OFFICIAL.values()})
-# the official kernel each family's model runs on, for the scan rows (first one importable)
-FAMILY_KERNELS = {"vmamba": ("selective_scan_cuda_oflex",),
+# the extension each family's model runs on: the first of these it imported (as its own selection logic picks)
+FAMILY_KERNELS = {"vmamba": ("selective_scan_cuda_oflex", "selective_scan_cuda_core", "selective_scan_cuda"),
                   "localmamba": ("selective_scan_cuda_core", "selective_scan_cuda"),
                   "efficientvmamba": ("selective_scan_cuda",), "groupmamba": ("selective_scan_cuda_core",)}
 
@@ -149,9 +149,9 @@ def _timm_registry():
 
 
 def official_model(name: str, checkouts: Dict[str, Path], kernel_paths: Sequence[Path] = (),
-                   **kwargs) -> Tuple[nn.Module, List[str]]:
-    """Build the official implementation of vssm model ``name`` from its checkout: ``(model, kernels it
-    imported)``. The checkout's modules are imported in isolation (several repositories name their package
+                   **kwargs) -> Tuple[nn.Module, str]:
+    """Build the official implementation of vssm model ``name`` from its checkout: ``(model, the extension it
+    runs on)``. The checkout's modules are imported in isolation (several repositories name their package
     ``models``) and dropped from ``sys.modules`` afterwards; timm registrations they make are undone."""
     if name not in OFFICIAL:
         raise OfficialUnavailable(f"no official implementation known for {name!r}; known: {', '.join(OFFICIAL)}")
@@ -183,9 +183,8 @@ def official_model(name: str, checkouts: Dict[str, Path], kernel_paths: Sequence
         for key, table in tables.items():
             table.clear()
             table.update(saved[key])
-    used = sorted({v.__name__ for mod in loaded.values() for v in vars(mod).values()
-                   if isinstance(v, type(sys)) and v.__name__ in KERNEL_MODULES})
-    return model, used
+    imported = {v.__name__ for mod in loaded.values() for v in vars(mod).values() if isinstance(v, type(sys))}
+    return model, next((k for k in FAMILY_KERNELS[spec.family] if k in imported), "none")
 
 
 def vssm_model(name: str, **kwargs) -> nn.Module:
@@ -315,11 +314,11 @@ def build_subjects(args, device: torch.device) -> Tuple[List[Subject], List[str]
     for name in args.models:
         add(name, "vssm", lambda: vssm_model(name))
         try:
-            model, used = official_model(name, checkouts, kernel_paths)
+            model, kernel = official_model(name, checkouts, kernel_paths)
         except OfficialUnavailable as err:
             missing.append(f"{name} official: {err}")
         else:
-            add(name, "official", lambda: model, note=",".join(used))
+            add(name, "official", lambda: model, note=kernel)
     for name in args.reference:
         add(name, "timm", lambda: reference_model(name))
     return subjects, missing
