@@ -38,11 +38,13 @@ stage() {  # CPU machine: sources and wheels to carry
   du -sh $OFF .whl
 }
 
-setup() {  # GPU machine: the carried packages and vssm itself into /tmp/site (fresh machines start bare)
-  [ -f /tmp/site/.vssm-done ] && { export PYTHONPATH=/tmp/site; return; }
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site .whl/* .
-  touch /tmp/site/.vssm-done
+setup() {  # GPU machine (fresh ones start bare): the carried packages into /tmp/site, vssm editable (benchmark.py
+  # puts the repository root first on sys.path; only the editable finder then maps vssm.kernels / vssm.scans)
   export PYTHONPATH=/tmp/site
+  [ -f /tmp/site/.vssm-done ] && return
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site .whl/*
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation -e .
+  touch /tmp/site/.vssm-done
   $PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm',
 timm.__version__, torch.cuda.get_device_name())"
 }
