@@ -556,7 +556,6 @@ def scan_rows(args) -> List[tuple]:
                     label = f"{name}{' (family)' if name == mine else ''}"
                     rows.append((model, stage, channels, side, n, label, ms_f, ms_fb, f1 / hbm / 1e6,
                                  (f1 + b1) / hbm / 1e6))
-                del t, x
     print(f"\nscan rows: batch {args.batch}, bf16 activations, fp32 A/D/bias, {torch.cuda.get_device_name()}, "
           f"HBM {hbm:.0f} GB/s{' (given)' if args.hbm_gbs else ' (measured copy)'}, torch {torch.__version__}"
           f"{_triton_version()}")

@@ -9,8 +9,8 @@
 #   run(command="tools/gpu_compare.sh build tests scan", carry=[".official", ".whl"], timeout_s=600)
 # Stages: build (official kernels, sm_90 only), tests (GPU tests), scan (scan rows), models (eager side by side),
 #   compiled, compiled2 (torch.compile side by side), sweep (224 / 512 / 1024), stability (1000 AMP bf16 steps).
-#   The scan stage includes the deterministic scan2d rows (its cost). Output goes to $OUT/<stage>.log. A fresh machine rebuilds the kernels
-#   (build is skipped while .official/kernels holds them, i.e. while the machine stays warm between calls).
+#   The scan stage includes the deterministic scan2d rows (its cost). Output goes to $OUT/<stage>.log. A fresh
+#   machine rebuilds the kernels (build is skipped while .official/kernels holds them: the machine stayed warm).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OFF=.official
