@@ -109,7 +109,7 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     name = resolve_backend(backend, x.device)
     sum_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     out_dtype = sum_dtype if out_dtype is None else out_dtype
-    if name == "triton" and x.dtype != torch.float64:
+    if name == "triton" and x.dtype != torch.float64 and not torch.onnx.is_in_onnx_export():
         index = pattern.device_index(H, W, x.device, torch.int32)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, dt_proj))

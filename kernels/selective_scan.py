@@ -188,4 +188,6 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
         D = u.new_zeros(channels, dtype=A.dtype)
     if delta_bias is None:
         delta_bias = u.new_zeros(channels, dtype=A.dtype)
+    if torch.onnx.is_in_onnx_export():
+        return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), traced_loop=True)
     return torch.ops.vssm.selective_scan(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), name)

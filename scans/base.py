@@ -1,6 +1,7 @@
 """Scan patterns as data: an index map per feature-map size, plus gather (flatten) and scatter-add (merge)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import weakref
 from functools import lru_cache
@@ -57,9 +58,10 @@ class ScanPattern:
 
         Under ``torch.compile`` it is the opaque op ``vssm::scan_index``: traced through, the map would be rebuilt
         by CPU ops and copied from the host (a stream synchronisation) in every call of the compiled graph."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
             return torch.ops.vssm.scan_index(self.key, int(H), int(W), torch.device(device), dtype, int(pad))
-        return _cached_device_index(self, int(H), int(W), torch.device(device), dtype, int(pad))
+        with traced_constants():
+            return _cached_device_index(self, int(H), int(W), torch.device(device), dtype, int(pad))
 
     def _device_index(self, H: int, W: int, device: torch.device) -> torch.Tensor:
         """Index map with ``PAD`` replaced by ``H * W`` (a zero slot appended to the flat map)."""
@@ -122,6 +124,13 @@ class ScanPattern:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, K={self.K}, split_channels={self.split_channels})"
+
+
+def traced_constants():
+    """Context for building cached constant tensors: under ``torch.onnx.export`` (a ``torch.export`` trace with
+    fake tensors) they are built as real tensors, so the cache never keeps a fake one for later eager calls;
+    the trace takes them as constants. Elsewhere a no-op."""
+    return unset_fake_temporarily() if torch.onnx.is_in_onnx_export() else contextlib.nullcontext()
 
 
 @lru_cache(maxsize=256)

@@ -241,3 +241,19 @@ def test_benchmark_rejects_a_negative_dt_rank(capsys):
     with pytest.raises(SystemExit):
         load_tool("benchmark").main(["scan2d", "--dt-rank", "-1"])
     assert "argument --dt-rank: must be 0 or more, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("form", ["no_grad", "autograd", "traced_loop"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_chunked_forms_match_reference_with_vanishing_decays(form, dtype, tol):
+    """The in-place inference form, the autograd form and the ONNX-export form (loops as higher_order.scan) of the
+    chunked backend against the reference, with decays far below exp(-80) (floored there: subnormals are slow)."""
+    from vssm.kernels.chunked import selective_scan_chunked
+    inputs = make_inputs(batch=2, groups=2, d=3, n=16, length=37, dtype=dtype, a_scale=60.0)
+    y_ref = kernels.selective_scan(**inputs, backend="reference")
+    if form == "autograd":
+        inputs = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    with torch.set_grad_enabled(form == "autograd"):
+        y = selective_scan_chunked(**inputs, traced_loop=form == "traced_loop")
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert (y - y_ref).abs().max() <= tol * y_ref.abs().max()

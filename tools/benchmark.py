@@ -25,6 +25,13 @@ dx, ddelta, dB, dC written).
 ``model``: images/s for inference (AMP bf16, no grad) and for a training step (AMP bf16 forward + backward +
 AdamW step) and peak memory of the training step, per model and scan backend; ``--compile`` adds
 ``torch.compile`` rows. Backends the model cannot run at this batch (out of memory) are reported as such.
+
+``model --device cpu``: any timm model names (vssm models and e.g. ``convnext_tiny``, ``swin_tiny_patch4_window7_224``
+in one call), float32, eval, ``--threads`` threads: batch-1 latency p50 / p90, img/s, GFLOPs (tools/flops.py),
+ms per GFLOP and its ratio to ConvNeXt's (``convnext_tiny`` for models above 2 GFLOPs, ``convnext_atto`` below,
+timed in the same run), the same for one training step (forward + backward + SGD step at ``--train-batch`` x
+``--train-img``), and the peak resident memory an inference adds. The models are timed interleaved, ``--rounds``
+rounds of ``--iters`` calls each, so that load from other processes hits all of them alike.
 """
 from __future__ import annotations
 
@@ -299,6 +306,7 @@ def _time_cuda(fn, iters, warmup):
 
 def bench_model(args):
     import vssm  # noqa: F401  (registers the models)
+    args.models = args.models or GPU_MODELS
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -381,6 +389,153 @@ def _bench_one_model(name, backend, compiled, args):
     return args.batch / t_inf * 1e3, args.batch / t_train * 1e3, peak
 
 
+GPU_MODELS = "vmamba_tiny,vmamba_small,vmamba_base,local_vmamba_tiny,efficient_vmamba_base,groupmamba_tiny"
+CPU_MODELS = "vmamba_tiny,local_vmamba_tiny,efficient_vmamba_tiny,groupmamba_tiny,convnext_tiny,convnext_atto"
+CPU_REFERENCES = (("convnext_tiny", 2.0), ("convnext_atto", 0.0))  # (reference, for models above these GFLOPs)
+
+
+def _peak_rss_added_mib(fn) -> float:
+    """Peak resident memory that ``fn()`` adds, in MiB, measured in a forked child (ru_maxrss high-water mark
+    against the child's resident size at its start); NaN where fork is unavailable."""
+    import resource
+    if not hasattr(os, "fork"):
+        return float("nan")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        try:
+            with open("/proc/self/statm") as f:
+                start_kib = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            fn()
+            added = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start_kib) / 1024
+            os.write(write, f"{added}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return float(text) if text else float("nan")
+
+
+def bench_models_cpu(args):
+    """Interleaved CPU timing of timm models (see the module docstring); prints one row per model."""
+    import time
+    import timm
+    import numpy as np
+    import vssm  # noqa: F401  (registers the vssm models)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/flops.py
+
+    torch.set_num_threads(args.threads)
+    backends = [b for b in args.backends.split(",") if b and b != "triton"] or ["chunked"]  # triton: cuda only
+    names, builds = [], {}  # row label -> (timm name, create_model kwargs)
+    for name in (args.models or CPU_MODELS).split(",") + [ref for ref, _ in CPU_REFERENCES]:
+        if name not in timm.list_models():
+            raise SystemExit(f"benchmark: unknown model {name!r}")
+        if not timm.models.model_entrypoint(name).__module__.startswith("vssm."):
+            builds.setdefault(name, (name, {}))
+            continue
+        for backend in backends:
+            builds.setdefault(name if len(backends) == 1 else f"{name}@{backend}", (name, dict(scan_backend=backend)))
+    names = list(builds)
+    models, steps, gflops, train_gflops, counted = {}, {}, {}, {}, {}
+    x = torch.randn(1, 3, args.img, args.img)
+    x_train = torch.randn(args.train_batch, 3, args.train_img, args.train_img)
+    target = torch.randint(0, 1000, (args.train_batch,))
+    for name in names:
+        timm_name, kwargs = builds[name]
+        torch.manual_seed(0)
+        model = timm.create_model(timm_name, **kwargs).eval()
+        models[name] = model
+        if timm_name not in counted:  # the count does not depend on the scan backend
+            counted[timm_name] = tuple(_cpu_gflops(timm_name, size, batch) for size, batch in (
+                (args.img, 1), (args.train_img, max(args.train_batch, 1))))
+        gflops[name], train_gflops[name] = counted[timm_name]
+        if not args.train_batch:
+            continue
+        train_model = timm.create_model(timm_name, **kwargs).train()
+        opt = torch.optim.SGD(train_model.parameters(), lr=1e-3)
+
+        def step(m=train_model, opt=opt):
+            out = m(x_train)
+            out = out[0] if isinstance(out, tuple) else out  # distillation heads in training mode
+            torch.nn.functional.cross_entropy(out, target).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        steps[name] = step
+
+    def infer(name):
+        with torch.no_grad():
+            models[name](x)
+
+    latency = {n: [] for n in names}
+    train = {n: [] for n in names}
+    for name in names:  # warm-up
+        infer(name)
+        if name in steps:
+            steps[name]()
+    for r in range(args.rounds):
+        for name in names:
+            for _ in range(args.calls):
+                t = time.perf_counter()
+                infer(name)
+                latency[name].append(1e3 * (time.perf_counter() - t))
+            if name in steps:
+                t = time.perf_counter()
+                steps[name]()
+                train[name].append(1e3 * (time.perf_counter() - t))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {np.median(latency[n][-args.calls:]):.0f}"
+                                                          for n in names) + " ms", flush=True)
+    peak = {n: _peak_rss_added_mib(lambda n=n: infer(n)) for n in names}
+
+    def reference(name):
+        return next(ref for ref, above in CPU_REFERENCES if gflops[name] > above)
+
+    p50 = {n: float(np.median(latency[n])) for n in names}
+    t50 = {n: float(np.median(train[n])) if train[n] else float("nan") for n in names}
+    cpu = _cpu_model_name()
+    print(f"\nCPU: {cpu}, {args.threads} threads, torch {torch.__version__}; inference batch 1 {args.img}x{args.img} "
+          f"float32 eval ({args.rounds} rounds x {args.calls} calls, interleaved); training step batch "
+          f"{args.train_batch} {args.train_img}x{args.train_img} (forward + backward + SGD, {args.rounds} steps)")
+    head = (f"{'model':<24} {'GFLOPs':>7} {'p50 ms':>8} {'p90 ms':>8} {'img/s':>7} {'ms/GFLOP':>9} {'x ref':>6} "
+            f"{'train ms':>9} {'ms/GFLOP':>9} {'x ref':>6} {'peak MiB':>9}  reference")
+    print(head)
+    for n in names:
+        ref = reference(n)
+        ms_gf, ref_gf = p50[n] / gflops[n], p50[ref] / gflops[ref]
+        tr_gf, tref_gf = t50[n] / train_gflops[n], t50[ref] / train_gflops[ref]
+        print(f"{n:<24} {gflops[n]:7.2f} {p50[n]:8.1f} {np.percentile(latency[n], 90):8.1f} "
+              f"{1e3 / np.mean(latency[n]):7.2f} {ms_gf:9.1f} {ms_gf / ref_gf:6.2f} {t50[n]:9.0f} {tr_gf:9.1f} "
+              f"{tr_gf / tref_gf:6.2f} {peak[n]:9.0f}  {ref}")
+    return dict(p50=p50, train=t50, gflops=gflops, train_gflops=train_gflops, peak=peak)
+
+
+def _cpu_gflops(name: str, size: int, batch: int) -> float:
+    """Forward GFLOPs (tools/flops.py's convention), counted on the meta device (on the CPU where it cannot run)."""
+    import timm
+    from flops import count_model
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        return count_model(model, (3, size, size), batch=batch, device="meta")["flops"] / 1e9
+    except (NotImplementedError, RuntimeError):
+        return count_model(timm.create_model(name), (3, size, size), batch=batch, device="cpu")["flops"] / 1e9
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown CPU"
+
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -424,8 +579,8 @@ def main(argv=None):
     s2.add_argument("--top", type=int, default=6)
     s2.add_argument("--sweep-kernels", default="fwd,bwd")
     m = sub.add_parser("model", help="whole-model inference / training throughput and memory")
-    m.add_argument("--models", default="vmamba_tiny,vmamba_small,vmamba_base,local_vmamba_tiny,"
-                                       "efficient_vmamba_base,groupmamba_tiny")
+    m.add_argument("--models", default=None, help=f"comma-separated timm names (cuda default: {GPU_MODELS}; "
+                                                  f"cpu default: {CPU_MODELS})")
     m.add_argument("--backends", default="triton,chunked", help="scan backends (chunked = pure-PyTorch baseline)")
     m.add_argument("--batch", type=int, default=128)
     m.add_argument("--img", type=int, default=224)
@@ -434,12 +589,20 @@ def main(argv=None):
     m.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     m.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also print the K costliest CUDA kernels of 3 inference passes and of 3 training steps")
+    m.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    m.add_argument("--threads", type=int, default=2, help="cpu: torch threads")
+    m.add_argument("--rounds", type=int, default=5, help="cpu: interleaved rounds over the models")
+    m.add_argument("--calls", type=int, default=3, help="cpu: timed calls per model and round")
+    m.add_argument("--train-img", type=int, default=64, help="cpu: image size of the timed training step")
+    m.add_argument("--train-batch", type=int, default=8, help="cpu: batch of the timed training step (0: none)")
     compare = _compare_tool()
     compare.add_arguments(sub.add_parser("compare", help="vssm, the official code and timm models side by side "
                                                          "(tools/compare.py)"))
     args = p.parse_args(argv)
     if args.cmd == "compare":
         return compare.run(args)
+    if args.cmd == "model" and args.device == "cpu":
+        return bench_models_cpu(args)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark needs a CUDA device")
     if args.cmd == "scan2d":

@@ -174,7 +174,7 @@ class RecomputedActivation(nn.Module):
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and torch.is_grad_enabled():
+        if torch.compiler.is_compiling() and torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export():
             return checkpoint(self.act, x, use_reentrant=False)
         return self.act(x)
 

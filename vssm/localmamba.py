@@ -46,6 +46,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ._backbone import build_family_model, imagenet_cfg
 from .layers import SS2D, VSSBlock, init_vssm_weights
+from .scans.base import traced_constants
 from .vmamba import VMamba
 from .vmamba import checkpoint_filter_fn as _vmamba_checkpoint_filter_fn
 
@@ -176,7 +177,8 @@ class LocalSS2D(SS2D):
         batch, channels, H, W = x.shape
         maps = self.fused_scan(x, dts, Bs, Cs, per_sequence=True).flatten(3)  # (B, K, d_seq, H*W)
         if self.official_v_merge and H != W and any(name in ("v", "v_flip") for name in self.directions):
-            order = _official_v_order(self.directions, int(H), int(W), x.device)
+            with traced_constants():
+                order = _official_v_order(self.directions, int(H), int(W), x.device)
             maps = maps.gather(3, order[None, :, None, :].expand(maps.shape))
         return self.direction_gate(maps).view(batch, channels, H, W)
 
