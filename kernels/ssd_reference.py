@@ -1,6 +1,6 @@
 """Sequential state-space-duality (SSD) forms in plain PyTorch: the ground truth the other SSD backends are tested
-against (results in the compute dtype). Layout as in Mamba-2: ``x (b, L, H, P)``, ``dt (b, L, H)``, ``A (H,)``, ``B, C (b, L, G, N)``; head ``h``
-reads group ``h // (H // G)`` of B and C."""
+against (results in the compute dtype). Layout as in Mamba-2: ``x (b, L, H, P)``, ``dt (b, L, H)``, ``A (H,)``,
+``B, C (b, L, G, N)``; head ``h`` reads group ``h // (H // G)`` of B and C."""
 from __future__ import annotations
 
 import torch
