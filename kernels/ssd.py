@@ -196,11 +196,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y):
     dt_softplus, form, chunk_size, backend = ctx.args
+    saved = ctx.saved_tensors  # read once (activation checkpointing allows one unpack)
     if _BACKENDS[form, backend].opaque_backward:
-        grads = torch.ops.vssm.ssd_backward(grad_y.contiguous(), *ctx.saved_tensors, *ctx.args)
+        grads = torch.ops.vssm.ssd_backward(grad_y.contiguous(), *saved, *ctx.args)
     else:
-        grads = _BACKENDS[form, backend].backward(grad_y.contiguous(), *ctx.saved_tensors, dt_softplus, chunk_size)
-        grads = tuple(g.to(t.dtype) for g, t in zip(grads, ctx.saved_tensors))
+        grads = _BACKENDS[form, backend].backward(grad_y.contiguous(), *saved, dt_softplus, chunk_size)
+        grads = tuple(g.to(t.dtype) for g, t in zip(grads, saved))
     return (*grads, None, None, None, None)
 
 

@@ -17,6 +17,7 @@ from . import localmamba  # noqa: E402  (LocalMamba family, issue 4)
 from . import mambavision  # noqa: E402  (MambaVision family, issue 17)
 from . import vim  # noqa: E402  (Vim family, issue 19)
 from . import mamband  # noqa: E402  (Mamba-ND family, issue 19)
+from . import vssd  # noqa: E402  (VSSD family, issue 18)
 
 _torch.serialization.add_safe_globals(official_file_globals())
 
