@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from _helpers import n_params, read_key_file, synthetic_official_state_dict
+from _helpers import load_tool, n_params, read_key_file, synthetic_official_state_dict
 
 import vssm  # noqa: F401  (registers the models)
 from vssm import CheckpointMismatchError
@@ -202,6 +202,19 @@ def test_fx_trace_and_compile_graph(micro_ref):
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_flops_tool_matches_published_up_to_fvcore_ssd_count():
+    """Published 4.47G (fvcore): its matmul handler counts each SSD product ``(b, 1, ., .) @ (b, H, ., .)`` once,
+    not H times, i.e. ``2 L N d_inner (1 - 1/H)`` multiply-adds less per SSD block than our count."""
+    flops = load_tool("flops")
+    with torch.device("meta"):
+        model = timm.create_model("vssd_tiny")
+    result = flops.count_model(model, (3, 224, 224))
+    under = sum(depth * 2 * (56 // 2 ** i) ** 2 * 64 * 128 * 2 ** i * (1 - 1 / heads)
+                for i, (depth, heads) in enumerate(zip((2, 4, 8), (2, 4, 8))))
+    assert abs((result["flops"] - under) / 1e9 - 4.47) / 4.47 < 0.01
+    assert flops.PUBLISHED_GFLOPS["vssd_tiny"] == 4.47
 
 
 # ---- timm API ------------------------------------------------------------------------------------------

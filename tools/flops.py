@@ -51,6 +51,12 @@ PUBLISHED_GFLOPS = {
     "mambavision_base": 15.0,
     "mambavision_large": 34.9,
     "mambavision_large2": 37.5,
+    # VSSD README / configs (fvcore): its matmul handler counts the SSD's (b, 1, ., .) @ (b, H, ., .) products once
+    # instead of H times, so these are 2*L*N*d_inner*(1 - 1/H) per SSD block below the count here (tiny: -0.22G)
+    "vssd_micro": 2.3,
+    "vssd_tiny": 4.47,
+    "vssd_small": 7.37,
+    "vssd_base": 16.1,
 }
 
 # ops whose torch count is already in the one-FLOP-per-multiply-add convention
