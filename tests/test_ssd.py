@@ -204,6 +204,16 @@ def test_flop_counter_uses_formula():
         == 4 * 2 * 10 * 4 * 5 * 3 + 2 * 2 * 10 * 4 * (2 * 5 + 4 * 3)
 
 
+def test_benchmark_ssd_runs_on_cpu(capsys):
+    """``tools/benchmark.py ssd`` times every form and the selective scan on the CPU, first length = ratio 1."""
+    from _helpers import load_tool
+    rows = load_tool("benchmark").main(["ssd", "--device", "cpu", "--lengths", "16,32", "--heads", "2", "--head-dim",
+                                        "2", "--state", "2", "--chunk", "8", "--rep", "1", "--backward"])
+    assert {name for name, _, _ in rows} == {"noncausal", "causal", "bidirectional", "selective_scan"}
+    assert [L for _, L, _ in rows] == [16] * 4 + [32] * 4 and all(ms > 0 for _, _, ms in rows)
+    assert "x first L" in capsys.readouterr().out
+
+
 # ---- errors ---------------------------------------------------------------------------------------
 
 def test_bad_inputs_raise_clear_errors():

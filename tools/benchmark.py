@@ -8,6 +8,8 @@
                                     [--compile]
     python tools/benchmark.py compare [--official FAMILY=PATH ...] [--scan | --resolution-sweep | --stability N]
                                       (vssm against the official code and timm models: see tools/compare.py)
+    python tools/benchmark.py ssd [--lengths 784,3136,12544 --heads 4 --head-dim 32 --state 64 --chunk 64]
+                                  [--device cpu] [--backward]
 
 For every backend: forward and forward+backward time (median of ``triton.testing.do_bench``), the bytes that
 must move through device memory (every input read once, every output written once), the GB/s that time
@@ -21,6 +23,11 @@ reference at a reduced batch. ``--sweep`` times the Triton kernels over a grid o
 (``pattern.flatten``, the backend's ``selective_scan``, ``pattern.merge``), with the bytes the fused op must
 move: x, delta, B, C read once and the float32 output written once (backward: x, delta, B, C, dy read;
 dx, ddelta, dB, dC written).
+
+``ssd``: the SSD forms of ``vssm.kernels`` (non-causal, causal chunked, bidirectional) and the selective scan on
+the same work (channels ``H*P``, the decay of each head repeated over its channels and the N states) over several
+sequence lengths, median wall time of ``--rep`` calls (forward, or forward + backward with ``--backward``) and
+its ratio to the first length; runs on the CPU too (``--device cpu``) to show how the chunked forms scale in L.
 
 ``model``: images/s for inference (AMP bf16, no grad) and for a training step (AMP bf16 forward + backward +
 AdamW step) and peak memory of the training step, per model and scan backend; ``--compile`` adds
@@ -211,6 +218,63 @@ def sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n_state):
         best = sorted((r for r in results if r[0] == kind), key=lambda r: r[5])[: args.top]
         for r in best:
             print(f"{r[0]:<8} {r[1]:>7} {r[2]:>7} {r[3]:>5} {r[4]:>4} {r[5]:8.3f} {r[6]:10.1f}")
+
+
+def bench_ssd(args):
+    """Time the SSD forms and the selective scan on the same shapes over ``args.lengths``; returns the rows."""
+    import time
+
+    from vssm import kernels
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype]
+    b, H, P, G, N = args.batch, args.heads, args.head_dim, args.groups, args.state
+    print(f"ssd shapes: batch {b}, {H} heads x {P}, {G} group(s), N {N}, chunk {args.chunk}, {args.dtype}, {device}, "
+          f"{'forward + backward' if args.backward else 'forward'}")
+
+    def timed(fn, inputs):
+        def call():
+            y = fn()
+            if args.backward:
+                torch.autograd.grad(y, inputs, torch.ones_like(y))
+            if device == "cuda":
+                torch.cuda.synchronize()
+        call()
+        times = []
+        for _ in range(args.rep):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        return 1e3 * sorted(times)[len(times) // 2]
+
+    rows = []
+    for L in (int(v) for v in args.lengths.split(",")):
+        g = torch.Generator().manual_seed(0)
+        t = dict(x=torch.randn(b, L, H, P, generator=g), dt=torch.randn(b, L, H, generator=g) - 2,
+                 A=-torch.rand(H, generator=g), B=torch.randn(b, L, G, N, generator=g),
+                 C=torch.randn(b, L, G, N, generator=g), D=torch.ones(H), dt_bias=torch.zeros(H))
+        t = {k: v.to(device=device, dtype=dtype if v.dim() > 1 else torch.float32).requires_grad_(args.backward)
+             for k, v in t.items()}
+        sel = dict(u=t["x"].detach().reshape(b, L, H * P).transpose(1, 2),
+                   delta=t["dt"].detach().repeat_interleave(P, dim=2).transpose(1, 2),
+                   A=t["A"].detach().repeat_interleave(P)[:, None].expand(H * P, N).contiguous(),
+                   B=t["B"].detach().permute(0, 2, 3, 1), C=t["C"].detach().permute(0, 2, 3, 1),
+                   D=t["D"].detach().repeat_interleave(P), delta_bias=t["dt_bias"].detach().repeat_interleave(P))
+        sel = {k: v.contiguous().requires_grad_(args.backward) for k, v in sel.items()}
+        forms = {
+            "noncausal": (lambda: kernels.ssd_noncausal(**t, dt_softplus=True), t),
+            "causal": (lambda: kernels.ssd_causal(**t, dt_softplus=True, chunk_size=args.chunk), t),
+            "bidirectional": (lambda: kernels.ssd_bidirectional(**t, dt_softplus=True, chunk_size=args.chunk), t),
+            "selective_scan": (lambda: kernels.selective_scan(**sel, delta_softplus=True), sel),
+        }
+        for name, (fn, inputs) in forms.items():
+            if name == "bidirectional" and (H % 2 or (G > 1 and G % 2)):
+                continue
+            rows.append((name, L, timed(fn, list(inputs.values()))))
+    first = {name: ms for name, L, ms in rows if L == rows[0][1]}
+    print(f"{'form':<15} {'L':>7} {'ms':>10} {'x first L':>10}")
+    for name, L, ms in rows:
+        print(f"{name:<15} {L:>7} {ms:10.2f} {ms / first[name]:10.2f}")
+    return rows
 
 
 def bench_scan2d(args):
@@ -598,11 +662,25 @@ def main(argv=None):
     compare = _compare_tool()
     compare.add_arguments(sub.add_parser("compare", help="vssm, the official code and timm models side by side "
                                                          "(tools/compare.py)"))
+    d = sub.add_parser("ssd", help="SSD forms vs the selective scan over sequence lengths (CPU or GPU)")
+    d.add_argument("--lengths", default="784,3136,12544")
+    d.add_argument("--batch", type=int, default=1)
+    d.add_argument("--heads", type=int, default=4)
+    d.add_argument("--head-dim", type=int, default=32)
+    d.add_argument("--groups", type=int, default=1)
+    d.add_argument("--state", type=int, default=64)
+    d.add_argument("--chunk", type=int, default=64)
+    d.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    d.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    d.add_argument("--backward", action="store_true", help="time forward + backward")
+    d.add_argument("--rep", type=int, default=5)
     args = p.parse_args(argv)
     if args.cmd == "compare":
         return compare.run(args)
     if args.cmd == "model" and args.device == "cpu":
         return bench_models_cpu(args)
+    if args.cmd == "ssd":
+        return bench_ssd(args)
     if not torch.cuda.is_available():
         raise SystemExit("benchmark needs a CUDA device")
     if args.cmd == "scan2d":
