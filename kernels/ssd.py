@@ -14,7 +14,8 @@ Layout (Mamba-2's): ``x (batch, L, H, P)``, ``dt (batch, L, H)``, ``A (H,)`` (on
 
 Backends: ``reference`` (sequential loops, float64 capable), ``chunked`` (PyTorch: the causal form as Mamba-2's
 chunked matmuls with an in-chunk ``T x T`` decay matrix, chunk size ``T`` an argument; the non-causal form as
-two matmuls, O(L) memory, no ``L x L`` matrix). Their gradients are autograd through the recomputed forward; a
+two matmuls, O(L) memory, no ``L x L`` matrix) and, for the non-causal form on CUDA, ``triton``
+(kernels/triton_ssd.py, forward and backward kernels). Their gradients are autograd through the recomputed forward; a
 backend with its own backward kernel runs it as the opaque op ``vssm::ssd_backward``.
 """
 from __future__ import annotations
@@ -158,6 +159,14 @@ register_ssd_backend("causal", "reference", ssd_causal_reference, priority=0)
 register_ssd_backend("causal", "chunked", ssd_causal_chunked, priority=10)
 register_ssd_backend("noncausal", "reference", ssd_noncausal_reference, priority=0)
 register_ssd_backend("noncausal", "chunked", ssd_noncausal_chunked, priority=10)
+
+try:  # Triton kernels of the non-causal form (CUDA tensors; CPU only under TRITON_INTERPRET=1)
+    from . import triton_ssd as _triton_ssd
+except ImportError:  # pragma: no cover
+    _triton_ssd = None
+else:
+    register_ssd_backend("noncausal", "triton", _triton_ssd.forward, _triton_ssd.backward, devices=("cuda",),
+                         priority=20)
 
 
 # ---- custom ops -----------------------------------------------------------------------------------------
