@@ -46,6 +46,7 @@ FAMILY_DET = {
     "efficientvmamba": "configs/mmdet/efficientvmamba/mask_rcnn_efficient_vmamba_tiny_fpn_1x_coco.py",
     "groupmamba": "configs/mmdet/groupmamba/mask_rcnn_groupmamba_tiny_fpn_1x_coco.py",
     "vim": "configs/mmdet/vim/mask_rcnn_vim_small_fpn_1x_coco.py",
+    "vssd": "configs/mmdet/vssd/mask_rcnn_vssd_micro_fpn_1x_coco.py",
 }
 FAMILY_SEG = {
     "vmamba": "configs/mmseg/vmamba/upernet_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
@@ -53,6 +54,7 @@ FAMILY_SEG = {
     "efficientvmamba": "configs/mmseg/efficientvmamba/upernet_efficient_vmamba_tiny_8xb2-160k_ade20k-512x512.py",
     "groupmamba": "configs/mmseg/groupmamba/upernet_groupmamba_tiny_8xb2-160k_ade20k-512x512.py",
     "vim": "configs/mmseg/vim/upernet_vim_tiny_8xb4-160k_ade20k-512x512.py",
+    "vssd": "configs/mmseg/vssd/upernet_vssd_micro_8xb2-160k_ade20k-512x512.py",
 }
 # segmentation recipes other than VMamba's (lr, weight decay, images per GPU): Vim's ported from its official config
 SEG_RECIPE = {"vim_tiny": (1e-4, 0.05, 4), "vim_small": (1e-4, 0.05, 4)}
@@ -141,6 +143,8 @@ OFFICIAL = {
     ("det", "vim_small"): (0.1, "ckpts/vim_s_midclstok_80p5acc.pth"),
     ("seg", "vim_tiny"): (0.1, "ckpts/vim_t_midclstok_76p1acc.pth"),
     ("seg", "vim_small"): (0.1, "ckpts/vim_s_midclstok_80p5acc.pth"),
+    **{(task, f"vssd_{s}"): (dpr, f"ckpts/vssd_{s}_best{ema}.pth") for task in ("det", "seg")
+       for s, dpr, ema in (("micro", 0.1, ""), ("tiny", 0.2, "_ema"), ("small", 0.4, "_ema"))},
 }
 
 
@@ -329,6 +333,22 @@ def test_init_cfg_official_checkpoint(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointMismatchError, match=r"missing keys .*stages\.2\.blocks\.3\.mixer\.A_logs"):
         load_backbone_checkpoint(b, str(path))
+
+
+def test_vssd_official_dense_checkpoint_loads_out_norms(tmp_path):
+    """An official VSSD detection checkpoint (Backbone_VMAMBA2 under backbone.: no final norm / classifier, an
+    outnorm{i} per stage) loads with no backbone key missing, its outnorm{i} into out_norms.{i}."""
+    off = {k: v for k, v in synthetic_official_state_dict("vssd_micro").items() if not k.startswith(("norm.", "head."))}
+    off.update({f"outnorm{i}.{p}": torch.randn(48 * 2 ** i) for i in range(4) for p in ("weight", "bias")})
+    path = tmp_path / "mask_rcnn_vssd_fpn_coco_micro.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in off.items()}, "meta": {}}, path)
+    b = VSSMBackbone("vssd_micro")
+    assert load_backbone_checkpoint(b, str(path)) == {"missing": []}
+    torch.testing.assert_close(b.out_norms["2"].bias, off["outnorm2.bias"])
+    torch.testing.assert_close(b.model.stages[3].blocks[0].mixer.qkv.weight,
+                               off["layers.3.blocks.0.attn.to_qkv.weight"])
+    outs = b(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, 48, 16, 16), (1, 96, 8, 8), (1, 192, 4, 4), (1, 384, 2, 2)]
 
 
 def test_groupmamba_class_block_unused_and_official_checkpoint(tmp_path):

@@ -331,7 +331,7 @@ _RULES = [
     (r"\.attn\.", ".mixer."),
     (r"^head\.", "head.fc."),
 ]
-# the official dense backbone (Backbone_VMAMBA2) adds outnorm{i}; classification has no use for them
+# the official dense backbone (Backbone_VMAMBA2) adds outnorm{i}; VSSMBackbone takes them before this filter
 _DROP = [r"^outnorm\d+\."]
 
 
@@ -354,9 +354,10 @@ def _official_entry(state_dict: Mapping, model: VSSD) -> Mapping:
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VSSD) -> Dict[str, torch.Tensor]:
     """Map an official VSSD checkpoint (``{'model': sd, 'model_ema': sd, 'config': ...}`` as the official training
     code saves it, or one state dict) onto ``model``, taking the entry :func:`_official_entry` names; a state dict
-    already in vssm layout passes through the same key check. Raises :class:`vssm.CheckpointMismatchError` naming
-    missing / unexpected / mis-shaped keys (the classifier ``head.fc`` is exempt; so is the input-channel dim of
-    the first stem conv)."""
+    already in vssm layout passes through the same key check (``outnorm{i}`` of the official dense backbone are
+    dropped: VSSMBackbone takes them into its output norms). Raises
+    :class:`vssm.CheckpointMismatchError` naming missing / unexpected / mis-shaped keys (the classifier ``head.fc``
+    is exempt; so is the input-channel dim of the first stem conv)."""
     sd = unwrap_state_dict(_official_entry(state_dict, model))
     rules = [] if any(k.startswith("stem.") for k in sd) else _RULES
     renamed = {}

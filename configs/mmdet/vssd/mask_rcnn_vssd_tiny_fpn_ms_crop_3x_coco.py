@@ -1,0 +1,11 @@
+# Mask R-CNN FPN 3x (multi-scale + crop, 36 epochs) on COCO with VSSD-Tiny: official values
+# (YuHengsss/VSSD detection/configs/vssd/mask_rcnn_vssd_fpn_coco_tiny_3x.py: Swin-T's mmdet ms-crop 3x
+# recipe, drop_path_rate 0.2).
+# The classification checkpoint: https://huggingface.co/YuhengSSS/VSSD/blob/main/vssd_tiny_best_ema.pth,
+# saved as ckpts/vssd_tiny_best_ema.pth
+# (or --cfg-options model.backbone.init_cfg.checkpoint=PATH); its 'model' entry loads, as the official
+# MM_VSSD does (Backbone_VMAMBA2.load_pretrained, key='model'). Final norm and classifier are not used.
+_base_ = '../_base_/mask_rcnn_vssm_fpn_ms_crop_3x_coco.py'
+backbone = dict(arch='vssd_tiny', drop_path_rate=0.2,
+                init_cfg=dict(type='Pretrained', checkpoint='ckpts/vssd_tiny_best_ema.pth'))
+model = dict(backbone=backbone, neck=dict(in_channels=[64, 128, 256, 512]))
