@@ -17,9 +17,8 @@ Architecture (as released):
     out-projection. Options: ``ssd_form="causal"`` / ``"bidirectional"`` (the official ``LINEAR_ATTN_DUALITY:
     False`` / ``BIDIRECTION: True`` ablations, run on :func:`vssm.kernels.ssd_causal` / ``ssd_bidirectional``
     with ``A = -exp(A_log)``), ``positive_dA=False`` (the ``_na`` ablation).
-  * mixer of stage 4: multi-head self-attention (:class:`Attention`: bias-free qkv Linear, proj Linear,
-    ``F.scaled_dot_product_attention``). NOTE for merging: the MambaVision family adds a shared attention block
-    with the same interface to vssm/layers.py; this one can be replaced by it.
+  * mixer of stage 4: multi-head self-attention (the shared :class:`vssm.layers.Attention`: bias-free qkv Linear,
+    proj Linear, ``F.scaled_dot_product_attention``).
   * head: LayerNorm over the stage-4 tokens, average pool, classifier.
 
 Layout: channels-last ``(B, H, W, C)`` inside; ``forward_features`` returns the normed stage-4 tokens;
@@ -42,6 +41,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from . import kernels
 from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
 from ._checkpoint import load_checkpoint_file, remap_state_dict, unwrap_state_dict
+from . import layers
 from .layers import DropPath, Mlp, init_vssm_weights
 
 __all__ = ["VSSD", "VSSDStage", "VSSDBlock", "NonCausalSSD", "Attention", "VSSDStem", "ConvPatchMerging", "run_ssd",
@@ -165,23 +165,12 @@ class NonCausalSSD(nn.Module):
         return self.out_proj(y).reshape(x.shape)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention over ``(B, H, W, dim)`` tokens: bias-free ``qkv`` Linear, ``proj`` Linear,
-    ``F.scaled_dot_product_attention`` (scale ``head_dim ** -0.5``)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim, self.attn_drop = num_heads, dim // num_heads, attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+class Attention(layers.Attention):
+    """The shared multi-head self-attention (:class:`vssm.layers.Attention`: bias-free ``qkv``, ``proj``,
+    ``F.scaled_dot_product_attention``) over ``(B, H, W, dim)`` tokens."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = self.qkv(x).flatten(1, 2).unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).flatten(2)).reshape(x.shape)
+        return super().forward(x.flatten(1, 2)).reshape(x.shape)
 
 
 class VSSDBlock(nn.Module):
