@@ -14,12 +14,29 @@ from typing import Callable, Dict, List, Optional, Tuple, Type, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
 from .layers import ssm_no_weight_decay
 
-__all__ = ["StagedBackbone", "imagenet_cfg", "build_family_model"]
+__all__ = ["StagedBackbone", "check_image", "imagenet_cfg", "build_family_model"]
+
+
+@register_notrace_function
+def check_image(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> torch.Tensor:
+    """``x`` unchanged if it is a ``(B, in_chans, H, W)`` image with H, W >= ``min_size``; else ``ValueError``
+    (wrong rank, channels, too small). A torch.fx leaf: traced models keep the check."""
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a (batch, {in_chans}, H, W) image tensor, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name} was built for {in_chans} input channels, got {x.shape[1]} (input shape "
+                         f"{tuple(x.shape)}); pass in_chans= to create_model")
+    H, W = x.shape[-2:]
+    least = max(min_size, 1)
+    if H < least or W < least:
+        raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {least}")
+    return x
 
 
 class StagedBackbone(nn.Module):
@@ -54,19 +71,10 @@ class StagedBackbone(nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small)."""
-        name = type(self).__name__
-        if x.dim() != 4:
-            raise ValueError(f"{name} expects a (batch, {self.in_chans}, H, W) image tensor, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{name} was built for {self.in_chans} input channels, got {x.shape[1]} (input shape "
-                             f"{tuple(x.shape)}); pass in_chans= to create_model")
-        H, W = x.shape[-2:]
-        least = max(self.min_input_size, 1)
-        if H < least or W < least:
-            raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {least}")
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` unchanged; ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small).
+        Under torch.fx it is one leaf call (the checks run when the traced graph runs)."""
+        return check_image(x, self.in_chans, self.min_input_size, type(self).__name__)
 
     def forward_intermediates(
             self,
@@ -86,7 +94,7 @@ class StagedBackbone(nn.Module):
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self.check_input(x)
+        x = self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[:max_index + 1]
@@ -122,7 +130,7 @@ class StagedBackbone(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, C, H, W)`` -> final tokens ``(B, h, w, C_last)`` (channels-last)."""
-        self.check_input(x)
+        x = self.check_input(x)
         return self.final_features(self.stages(self.stem(x)))
 
     def forward(self, x: torch.Tensor):

@@ -231,7 +231,7 @@ class LocalVMamba(VMamba):
         )
         self.depths = depths
         self.directions = block_directions
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta default device
 
         def norm_layer(dim: int) -> nn.LayerNorm:
             return nn.LayerNorm(dim, eps=norm_eps)

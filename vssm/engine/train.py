@@ -286,6 +286,8 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
                                 f"({t['batch_size']}); lower --batch-size")
         mixup, criterion = DM.build_mixup_and_criterion(cfg, n_classes)
         criterion = _wrap_distill(cfg, criterion, n_classes, dev, log)
+        if criterion.teacher is not None and hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(True)  # training forward returns (logits, dist_logits), as timm's DeiT
 
         # --- EMA, optimizer, schedule, scaler ----------------------------------------------------------
         ema = ModelEmaV3(model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"]) if cfg["ema"]["enabled"] else None
