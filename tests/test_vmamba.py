@@ -58,7 +58,8 @@ def test_param_count_and_state_dict_size(name):
 
 # ---- forward / backward on CPU ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,size", [("vmamba_nano", 64), ("vmamba_nano", 80), ("vanilla_vmamba_tiny", 64)])
+# (64 px forward / backward / grad checkpointing of vmamba_nano: tests/test_timm_contract.py)
+@pytest.mark.parametrize("name,size", [("vmamba_nano", 80), ("vanilla_vmamba_tiny", 64)])
 def test_forward_backward(name, size):
     torch.manual_seed(0)
     small = dict(depths=(1, 1, 1, 1)) if name == "vanilla_vmamba_tiny" else {}  # v0 code path, kept cheap
@@ -80,20 +81,6 @@ def test_odd_sizes(nano):
     v0 = timm.create_model("vanilla_vmamba_tiny", depths=(1, 1, 1, 1), dims=16).eval()
     with torch.no_grad():  # v0: floor in the 4x4 stem, zero-pad odd maps in patch merging (as official)
         assert v0.forward_features(torch.randn(1, 3, 70, 36)).shape == (1, 3, 2, 128)
-
-
-def test_grad_checkpointing_matches(nano):
-    x = torch.randn(1, 3, 64, 64)
-    model = timm.create_model("vmamba_nano")
-    model.load_state_dict(nano.state_dict())
-    model.eval()
-    ref = model(x)
-    model.set_grad_checkpointing(True)
-    assert all(s.grad_checkpointing for s in model.stages)
-    out = model(x)
-    out.sum().backward()
-    torch.testing.assert_close(out, ref)
-    model.set_grad_checkpointing(False)
 
 
 # ---- timm API ---------------------------------------------------------------------------------------
