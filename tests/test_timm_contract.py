@@ -1,81 +1,40 @@
 """The contract of timm's own model tests (timm's tests/test_models.py) for every vssm model family.
 
 Families come from the registry: a family is the set of timm entrypoints defined in one module ``vssm.<family>``,
-so a family merged later is covered without editing this file. Each family is tested on its smallest model
-(fewest parameters, counted on the meta device), or on the model and size-reducing kwargs of ``SMALL`` where the
-smallest registered model is too slow for a 2-core CPU. The checks follow timm's: forward (and the same output
-with grad checkpointing), backward (every parameter gets a gradient), default cfgs (feature / pre-logits sizes,
-``reset_classifier(0)`` and ``reset_classifier(0, '')``, ``num_classes=0, global_pool=''``, the cfg's classifier and
-first conv), ``features_only``, ``forward_intermediates``, and torch.fx: symbolic tracing through timm's notrace
-registry, forward equal to the model's, backward to every parameter, and FX feature extraction of the stages.
+so a family merged later is covered without editing this file. Each family is tested on its smallest model (fewest
+parameters, counted on the meta device), or on the model and size-reducing kwargs of
+``_helpers.SMALL_FAMILY_MODELS`` where the smallest registered model is too slow for a 2-core CPU. The checks follow
+timm's: forward (and the same output with grad checkpointing), backward (every parameter gets a gradient), default
+cfgs (feature / pre-logits sizes, ``reset_classifier(0)`` and ``reset_classifier(0, '')``, ``num_classes=0,
+global_pool=''``, the cfg's classifier and first conv), ``features_only``, ``forward_intermediates``, and torch.fx:
+symbolic tracing through timm's notrace registry, forward equal to the model's, backward to every parameter, and FX
+feature extraction of the stages.
 Inputs are small (64 px) to keep the file fast.
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Dict, List, Tuple
+from typing import Tuple
 
 import pytest
 import timm
 import torch
 from timm.layers import get_channel_dim, get_spatial_dim
 from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
-from timm.models._registry import _model_entrypoints
 
-import vssm  # noqa: F401  (registers the families)
+from _helpers import family_params, family_test_model, vssm_families
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 fx_extraction = pytest.importorskip("torchvision.models.feature_extraction")
 
-# family module -> (model, kwargs) tested instead of the smallest registered model (same code paths, fewer /
-# narrower blocks). Families not listed use their smallest model unchanged.
-SMALL: Dict[str, Tuple[str, dict]] = {
-    "vssm.localmamba": ("local_vmamba_tiny", dict(depths=(1, 1, 1, 1), dims=16, d_state=4,
-                                                  directions=["h_flip", "v", "w2", "w7_flip"])),
-    "vssm.efficientvmamba": ("efficient_vmamba_tiny", dict(depths=(1, 1, 1, 1), dims=16, d_state=4)),
-    "vssm.groupmamba": ("groupmamba_tiny", dict(stem_hidden_dim=8, dims=(16, 16, 32, 32), depths=(1, 1, 1, 1),
-                                                mlp_ratios=2)),
-}
 TARGET_SIZE = 64
-
-
-def vssm_models() -> Dict[str, List[str]]:
-    """``{module: [model names]}`` of every registered model defined in a ``vssm.*`` module."""
-    families: Dict[str, List[str]] = {}
-    for name in timm.list_models():
-        module = _model_entrypoints[name].__module__
-        if module.startswith("vssm."):
-            families.setdefault(module, []).append(name)
-    return families
-
-
-FAMILIES = vssm_models()
+FAMILIES = vssm_families()
 ALL_MODELS = sorted(n for names in FAMILIES.values() for n in names)
 
 
-def n_params_meta(name: str) -> int:
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name)
-    except Exception:  # a family that cannot build on the meta device is counted on the CPU
-        model = timm.create_model(name)
-    return sum(p.numel() for p in model.parameters())
-
-
-@lru_cache(maxsize=None)
-def family_model(family: str) -> Tuple[str, tuple]:
-    """(model name, kwargs as sorted items) tested for ``family``."""
-    if family in SMALL:
-        name, kwargs = SMALL[family]
-        assert name in FAMILIES[family], f"SMALL names {name}, which {family} does not register"
-        return name, tuple(sorted(kwargs.items()))
-    return min(FAMILIES[family], key=n_params_meta), ()
-
-
 def create(family: str, **kwargs) -> torch.nn.Module:
-    name, small = family_model(family)
+    name, small = family_test_model(family)
     torch.manual_seed(0)
     return timm.create_model(name, **dict(small, **kwargs))
 
@@ -93,10 +52,6 @@ def as_tensor(out) -> torch.Tensor:
     return torch.cat(out) if isinstance(out, (tuple, list)) else out
 
 
-def family_params():
-    return [pytest.param(f, id=f.split(".", 1)[1]) for f in sorted(FAMILIES)]
-
-
 parametrize_family = pytest.mark.parametrize("family", family_params())
 
 
@@ -104,7 +59,7 @@ def test_every_family_is_found():
     for family in ("vssm.vmamba", "vssm.localmamba", "vssm.efficientvmamba", "vssm.groupmamba"):
         assert family in FAMILIES
     assert "vmamba_nano" in FAMILIES["vssm.vmamba"] and "groupmamba_tiny" in FAMILIES["vssm.groupmamba"]
-    assert family_model("vssm.vmamba") == ("vmamba_nano", ())  # smallest by parameter count
+    assert family_test_model("vssm.vmamba") == ("vmamba_nano", {})  # smallest by parameter count
 
 
 # ---- forward / backward -----------------------------------------------------------------------------------
