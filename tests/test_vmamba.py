@@ -24,6 +24,7 @@ OFFICIAL = {
     "vmamba_small": ("vmamba_small_s2l15", 50_147_752),
     "vmamba_base": ("vmamba_base_s2l15", 88_557_800),
     "vanilla_vmamba_tiny": ("vanilla_vmamba_tiny", 22_893_448),
+    "vmamba_tiny_s2l5": ("vmamba_tiny_s2l5", 30_705_832),
 }
 
 
@@ -40,7 +41,7 @@ def test_registered():
     for name in OFFICIAL:
         assert name in names
     cfg = timm.models.get_pretrained_cfg("vmamba_tiny.in1k")
-    assert cfg.tag == "in1k" and "vssm1_tiny_0230s_ckpt_epoch_264.pth" in cfg.origin_url
+    assert cfg.tag == "in1k" and cfg.url.endswith("/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth")
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL))
@@ -53,7 +54,7 @@ def test_param_count_and_state_dict_size(name):
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"
     assert cfg["classifier"] == "head.fc" and model.get_submodule(cfg["first_conv"]).in_channels == 3
-    assert cfg["url"] == "" and cfg["origin_url"].endswith(".pth")
+    assert cfg["url"].startswith("https://github.com/MzeroMiko/VMamba/releases/download/") and cfg["custom_load"]
 
 
 # ---- forward / backward on CPU ---------------------------------------------------------------------
@@ -254,8 +255,8 @@ def test_bad_inputs(nano):
         timm.create_model("vmamba_nano", stem="hexagon")
     with pytest.raises(ValueError, match="unknown downsample"):
         timm.create_model("vmamba_nano", downsample="pool")
-    with pytest.raises(RuntimeError, match="No pretrained weights"):
-        timm.create_model("vmamba_tiny", pretrained=True)
+    with pytest.raises(RuntimeError, match="No pretrained weights"):  # nothing released
+        timm.create_model("vmamba_nano", pretrained=True)
 
 
 # ---- FLOPs ----------------------------------------------------------------------------------------
