@@ -183,7 +183,7 @@ def test_synthetic_official_checkpoint_file_loads_strictly(name, tmp_path):
         torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["vmamba_small", "vmamba_base"])
+@pytest.mark.parametrize("name", ["vmamba_small", "vmamba_base", "vmamba_tiny_s2l5"])
 def test_synthetic_official_checkpoint_maps_strictly(name):
     """Big variants: same filter, strict load into meta-built models (no init compute, no file I/O)."""
     official_name, _ = OFFICIAL[name]
@@ -196,6 +196,24 @@ def test_synthetic_official_checkpoint_maps_strictly(name):
         loaded.append(model.state_dict())
     assert loaded[0].keys() == loaded[1].keys() and all(torch.equal(loaded[0][k], loaded[1][k]) for k in loaded[0])
     check_mapping(ckpt, loaded[0])
+
+
+def test_vanilla_small_official_layout_maps_strictly():
+    """The v0 small release is the v0 tiny layout with 27 blocks in stage 3 (no key list of its own in
+    shared/reference): tiny's official keys with the stage-3 blocks repeated load strictly, and the parameter count
+    is the official code's (44,417,416, measured by building the official vanilla_vmamba_small)."""
+    tiny = synthetic_official_checkpoint("vanilla_vmamba_tiny")["model"]
+    sd = {k: v for k, v in tiny.items() if not k.startswith("layers.2.blocks.")}
+    for j in range(27):
+        for k, v in tiny.items():
+            if k.startswith("layers.2.blocks.0."):
+                sd[k.replace("layers.2.blocks.0.", f"layers.2.blocks.{j}.")] = v + j
+    model = create_meta("vanilla_vmamba_small")
+    assert n_params(model) == 44_417_416 and len(model.state_dict()) == len(sd) == 446
+    result = model.load_state_dict(checkpoint_filter_fn({"model": sd}, model), strict=True, assign=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(model.stages[2].blocks[26].mixer.A_logs, sd["layers.2.blocks.26.op.A_logs"])
+    assert create_meta("vanilla_vmamba_base").stages[3].blocks[0].mixer.in_proj.in_features == 1024
 
 
 def test_checkpoint_adapts_classes_and_channels(tmp_path):
