@@ -220,16 +220,20 @@ def test_fx_backward(family):
 
 @parametrize_family
 def test_fx_feature_extraction(family):
-    """timm's FX feature extractor (``feature_cls='fx'``) returns the feature_info modules' outputs."""
+    """timm's FX feature extractor (``feature_cls='fx'``) returns the feature_info modules' outputs: the stage maps
+    of ``forward_intermediates`` (NHWC or NCHW), or a plain model's layer tokens."""
     model = create(family).eval()
     fx = create(family, features_only=True, feature_cls="fx").eval()  # same seed: the same weights
     x = torch.randn(1, *input_size(model))
+    taken = list(fx.feature_info.out_indices)  # the default out_indices
     with torch.no_grad():
         feats = fx(x)
-        ref = model.forward_intermediates(x, indices=len(model.feature_info), output_fmt="NHWC",
-                                          intermediates_only=True)
-    assert len(feats) == len(ref)
-    for f, r in zip(feats, ref):
+        ref = model.forward_intermediates(x, indices=taken, output_fmt="NHWC", intermediates_only=True)
+    assert len(feats) == len(ref) == len(taken) >= 3
+    for f, r, info in zip(feats, ref, [model.feature_info[i] for i in taken]):
+        if f.dim() == 3:  # a plain (token) model's layer output (B, N, C): the tokens of the map, maybe more
+            assert f.shape[0] == 1 and f.shape[2] == info["num_chs"] and f.shape[1] >= r.shape[1] * r.shape[2]
+            continue
         if f.shape != r.shape:  # a module output in NCHW
             r = r.permute(0, 3, 1, 2)
         torch.testing.assert_close(f, r)
