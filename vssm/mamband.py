@@ -253,6 +253,7 @@ def _cfg(hf_hub_filename: str, **kwargs) -> Dict:
     return imagenet_cfg(
         hf_hub_id="jacklishufan/Mamba-ND", hf_hub_filename=hf_hub_filename, custom_load="hf",
         first_conv="patch_embed.proj", classifier="head", pool_size=(14, 14), min_input_size=(3, 8, 8),
+        license="unknown",  # the official repository carries no licence file
         paper_ids="arXiv:2402.05892", paper_name="Mamba-ND: Selective State Space Modeling for Multi-Dimensional Data",
         origin_url="https://github.com/jacklishufan/Mamba-ND", **kwargs)
 
