@@ -28,9 +28,10 @@ def rank_padded_operands(low: torch.Tensor, dt_proj: torch.Tensor) -> tuple[torc
     """``(weight (K, C_k, R8), low (K, R8, batch*L))`` in ``low``'s dtype, the rank zero-padded to a multiple of 8:
     the step-size projection as one matrix product per sequence over all ``batch*L`` steps. (Batched over
     ``batch`` with the rank as is, the VMamba-T projections took 1.9-2.9x longer on an H100: a rank that is not a
-    multiple of 8 kept cuBLAS off its fast kernels, and short L makes thin products.)"""
+    multiple of 8 kept cuBLAS off its fast kernels, and short L makes thin products.) Off CUDA the rank stays as
+    is (no gain there, and FLOP counts on the meta device then see the true rank, as the fused op's formula)."""
     batch, K, R, length = low.shape
-    pad = -R % 8
+    pad = -R % 8 if low.is_cuda else 0
     low_t = F.pad(low.permute(1, 2, 0, 3), (0, 0, 0, 0, 0, pad)).reshape(K, R + pad, batch * length)
     return F.pad(dt_proj.to(low.dtype), (0, pad)), low_t
 

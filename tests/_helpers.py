@@ -66,3 +66,60 @@ def load_tool(name: str):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
+
+
+# ---- the vssm model families in timm's registry (tests/test_timm_contract.py, tests/test_timm_scripts.py) ----
+
+# family module -> (model, kwargs) tested instead of the family's smallest registered model where that one is too
+# slow for a 2-core CPU (same code paths, fewer / narrower blocks). Families not listed use their smallest model.
+SMALL_FAMILY_MODELS: Dict[str, Tuple[str, dict]] = {
+    "vssm.localmamba": ("local_vmamba_tiny", dict(depths=(1, 1, 1, 1), dims=16, d_state=4,
+                                                  directions=["h_flip", "v", "w2", "w7_flip"])),
+    "vssm.efficientvmamba": ("efficient_vmamba_tiny", dict(depths=(1, 1, 1, 1), dims=16, d_state=4)),
+    "vssm.groupmamba": ("groupmamba_tiny", dict(stem_hidden_dim=8, dims=(16, 16, 32, 32), depths=(1, 1, 1, 1),
+                                                mlp_ratios=2)),
+}
+
+
+def vssm_families() -> Dict[str, list]:
+    """``{module: [model names]}``: every registered timm model whose entrypoint is defined in a ``vssm.*`` module."""
+    import vssm  # noqa: F401  (registers the families)
+    from timm.models._registry import _model_entrypoints
+
+    families: Dict[str, list] = {}
+    for name in timm.list_models():
+        module = _model_entrypoints[name].__module__
+        if module.startswith("vssm."):
+            families.setdefault(module, []).append(name)
+    return families
+
+
+def _n_params_meta(name: str) -> int:
+    try:
+        model = create_meta(name)
+    except Exception:  # a family that cannot build on the meta device is counted on the CPU
+        model = timm.create_model(name)
+    return n_params(model)
+
+
+_FAMILY_MODEL: Dict[str, Tuple[str, dict]] = {}
+
+
+def family_test_model(family: str) -> Tuple[str, dict]:
+    """(model name, kwargs) a test of ``family`` builds: ``SMALL_FAMILY_MODELS``' entry, else the family's model
+    with the fewest parameters (counted on the meta device)."""
+    if family not in _FAMILY_MODEL:
+        names = vssm_families()[family]
+        if family in SMALL_FAMILY_MODELS:
+            name, kwargs = SMALL_FAMILY_MODELS[family]
+            assert name in names, f"SMALL_FAMILY_MODELS names {name}, which {family} does not register"
+        else:
+            name, kwargs = min(names, key=_n_params_meta), {}
+        _FAMILY_MODEL[family] = (name, dict(kwargs))
+    name, kwargs = _FAMILY_MODEL[family]
+    return name, dict(kwargs)
+
+
+def family_params():
+    """pytest params, one per vssm family (id: the module's name after ``vssm.``)."""
+    return [pytest.param(f, id=f.split(".", 1)[1]) for f in sorted(vssm_families())]

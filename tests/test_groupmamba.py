@@ -87,8 +87,11 @@ def test_official_logits_micro(micro_ref):
     with torch.no_grad():
         for x, ref in zip(micro_ref["inputs"], micro_ref["eval_logits"]):
             assert (model(x) - ref).abs().max() < 1e-5
-        model.train()  # BatchNorm uses batch statistics, both heads returned
+        model.train()  # BatchNorm uses batch statistics
+        avg = model(micro_ref["inputs"][0])  # distilled training off (the default): the average, as in eval
+        model.set_distilled_training(True)  # both heads returned
         head, dist = model(micro_ref["inputs"][0])
+    assert torch.allclose(avg, (head + dist) / 2, atol=1e-6)
     assert (head - micro_ref["train_logits"][0]).abs().max() < 1e-5
     assert (dist - micro_ref["train_logits"][1]).abs().max() < 1e-5
 
@@ -165,6 +168,8 @@ def test_forward_backward_train_and_eval():
     model = micro(drop_path_rate=0.1)
     x = torch.randn(2, 3, 64, 64)
     model.train()
+    assert model(x).shape == (2, 10)  # plain logits in training unless distilled training is on (timm's DeiT)
+    model.set_distilled_training(True)
     head, dist = model(x)
     assert head.shape == dist.shape == (2, 10)
     (head.square().mean() + F.cross_entropy(dist, torch.tensor([1, 2]))).backward()
@@ -187,6 +192,7 @@ def test_odd_sizes_and_grad_checkpointing():
         for size in ((33, 47), (1, 1), (100, 20)):
             assert model(torch.randn(1, 3, *size)).shape == (1, 10)
     model.train()
+    model.set_distilled_training(True)
     model.set_grad_checkpointing(True)
     head, dist = model(torch.randn(2, 3, 32, 32))
     (head.sum() + dist.sum()).backward()
@@ -239,6 +245,13 @@ def test_forward_intermediates_and_api():
     assert model(x).shape == (1, 3)
     model.reset_classifier(0)
     assert model(x).shape == (1, 32)
+    tokens = model.forward_features(x)
+    model.reset_classifier(0, "")  # no pooling: the normed stage-4 tokens
+    torch.testing.assert_close(model(x), model.norm(tokens))
+    model.reset_classifier(4)  # the classifiers read every token; the pooling stays off
+    assert model(x).shape == (1, 2, 2, 4)
+    model.reset_classifier(4, "avg")
+    assert model(x).shape == (1, 4)
     cfg = timm.create_model("groupmamba_tiny", **MICRO_ARGS).pretrained_cfg
     assert cfg["classifier"] == ("head.fc", "head.fc_dist") and cfg["first_conv"] == "stem.conv.0"
     assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic"
@@ -258,7 +271,9 @@ def test_bad_inputs():
         GroupMamba(dims=(16, 30, 32, 32))
     with pytest.raises(ValueError, match="global_pool"):
         micro(global_pool="max")
-    assert timm.create_model("groupmamba_tiny", in_chans=1, **MICRO_ARGS)(torch.randn(1, 1, 32, 32))[0].shape == (1, 1000)
+    with pytest.raises(ValueError, match="global_pool"):
+        micro().reset_classifier(0, "token")
+    assert timm.create_model("groupmamba_tiny", in_chans=1, **MICRO_ARGS)(torch.randn(1, 1, 32, 32)).shape == (1, 1000)
 
 
 # ---- distillation loss ---------------------------------------------------------------------------------
@@ -321,6 +336,7 @@ def test_distillation_with_timm_teacher(tmp_path):
     with torch.no_grad():
         assert torch.equal(teacher(x), teacher_src.eval()(x))
     student = micro().train()
+    student.set_distilled_training(True)
     crit = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, "hard").train()
     loss = crit(x, student(x), torch.tensor([1, 2]))
     loss.backward()

@@ -53,7 +53,7 @@ def test_registered_and_cfg():
     names = timm.list_models("local_vmamba*")
     assert set(OFFICIAL) <= set(names)
     cfg = timm.models.get_pretrained_cfg("local_vmamba_small.in1k")
-    assert cfg.tag == "in1k" and cfg.origin_url.endswith("/v1.0.0/local_vssm_small.ckpt") and not cfg.url
+    assert cfg.tag == "in1k" and cfg.url.endswith("/v1.0.0/local_vssm_small.ckpt")
     assert cfg.input_size == (3, 224, 224) and cfg.crop_pct == 0.875 and cfg.interpolation == "bicubic"
     assert cfg.first_conv == "stem.proj" and cfg.classifier == "head.fc"
     assert timm.models.get_pretrained_cfg("local_vmamba_tiny.in1k").tag == "in1k"
@@ -154,7 +154,7 @@ def test_official_v_merge_permutation():
 
 # ---- forward / backward / timm API -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("size", [(64, 64), (64, 96), (40, 72)])
+@pytest.mark.parametrize("size", [(64, 96), (40, 72)])  # 64x64: tests/test_timm_contract.py
 def test_forward_backward(size):
     torch.manual_seed(0)
     model = timm.create_model("local_vmamba_tiny", num_classes=5, drop_path_rate=0.1, **SMALL_ARGS)
@@ -278,8 +278,8 @@ def test_bad_inputs(small):
         small(torch.randn(1, 3, 16, 64))
     with pytest.raises(ValueError, match="image tensor"):
         small(torch.randn(3, 64, 64))
-    with pytest.raises(RuntimeError, match="No pretrained weights"):
-        timm.create_model("local_vmamba_small", pretrained=True, **SMALL_ARGS)
+    with pytest.raises(RuntimeError, match="No pretrained weights"):  # tiny: not released
+        timm.create_model("local_vmamba_tiny", pretrained=True, **SMALL_ARGS)
     gray = timm.create_model("local_vmamba_tiny", in_chans=1, **SMALL_ARGS)
     assert gray(torch.randn(1, 1, 32, 32)).shape == (1, 1000)
     assert isinstance(gray, LocalVMamba) and vssm.localmamba.LocalVMamba is LocalVMamba

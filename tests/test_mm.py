@@ -389,6 +389,42 @@ def test_init_cfg_from_detector_checkpoint(tmp_path, nano_backbone):
         torch.testing.assert_close(v, sd[f"backbone.{k}"])
 
 
+@pytest.mark.parametrize("config,key_list", [
+    ("configs/mmdet/vmamba/mask_rcnn_vmamba_tiny_fpn_1x_coco.py", "vmamba_tiny_s1l8"),
+    ("configs/mmseg/vmamba/upernet_vmamba_tiny_8xb2-160k_ade20k-512x512.py", "vmamba_tiny_s1l8"),
+    ("configs/mmdet/localvmamba/mask_rcnn_local_vmamba_tiny_fpn_1x_coco.py", "local_vssm_tiny"),
+    ("configs/mmdet/efficientvmamba/mask_rcnn_efficient_vmamba_tiny_fpn_1x_coco.py", "efficient_vmamba_tiny"),
+])  # the segmentation configs of LocalVMamba / EfficientVMamba build the same backbones as their detection ones
+def test_official_detection_segmentation_checkpoint(tmp_path, config, key_list):
+    """An official detector / segmentor checkpoint: its backbone (the official Backbone_* class) has no classifier
+    and one norm per output (backbone.outnorm{i}); it loads through the shipped config's backbone with every
+    backbone tensor from the file, output norms included."""
+    cfg = Config.fromfile(os.path.join(REPO, config))
+    args = {k: v for k, v in cfg.model.backbone.items() if k not in ("type", "init_cfg")}
+    off = synthetic_official_state_dict(key_list)
+    sd = {f"backbone.{k}": v for k, v in off.items() if not k.startswith("classifier.")}
+    channels = cfg.model.neck.in_channels if "neck" in cfg.model else cfg.model.decode_head.in_channels
+    g = torch.Generator().manual_seed(1)
+    for i, c in enumerate(channels):
+        sd[f"backbone.outnorm{i}.weight"] = torch.rand(c, generator=g) + 0.5
+        sd[f"backbone.outnorm{i}.bias"] = torch.randn(c, generator=g)
+    sd["neck.lateral_convs.0.conv.weight"] = torch.zeros(1)  # the rest of the detector is not the backbone's
+    path = tmp_path / "official_det.pth"
+    torch.save({"meta": {"epoch": 12, "mmdet_version": "3.3.0"}, "state_dict": sd}, path)
+    b = VSSMBackbone(**args, init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    assert load_backbone_checkpoint(b, str(path)) == {"missing": []}
+    for i in range(len(channels)):
+        torch.testing.assert_close(b.out_norms[str(i)].weight, sd[f"backbone.outnorm{i}.weight"])
+        torch.testing.assert_close(b.out_norms[str(i)].bias, sd[f"backbone.outnorm{i}.bias"])
+    stem = b.model.pretrained_cfg["first_conv"]
+    torch.testing.assert_close(b.model.get_submodule(stem).weight, off["patch_embed.0.weight"])
+    # every backbone tensor of the file is used: a stray one is named
+    sd["backbone.layers.0.blocks.0.extra"] = torch.zeros(1)
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(CheckpointMismatchError, match="unexpected keys.*extra"):
+        load_backbone_checkpoint(b, str(path))
+
+
 def test_checkpoint_with_yacs_config_loads_safely(tmp_path, monkeypatch):
     """Official VMamba files store a yacs config next to the weights: it loads under weights_only=True, without
     yacs, as an OrderedDict; a file with any other foreign class is refused, naming the opt-in variable."""

@@ -71,7 +71,7 @@ def test_end_to_end_outputs_and_learning(run_a):
     for k in ("top5", "ema_top1", "ema_top5", "val_loss", "train_img_s"):
         assert k in hist[-1]
     ck = load(str(run_a / "last.pth"))
-    for k in ("model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config"):
+    for k in ("model", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config"):
         assert k in ck, k
     assert ck["epoch"] == 2 and ck["step"] == 8
     # effective config round-trips
@@ -105,7 +105,7 @@ def test_resume_is_exact(run_a, tmp_path):
     a_steps = dict(_steps(run_a))
     assert all(a_steps[s] == l for s, l in b_steps), (b_steps, a_steps)
     a, b = load(str(run_a / "last.pth")), load(str(out / "last.pth"))
-    for part in ("model", "ema"):
+    for part in ("model", "state_dict_ema"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     for i, st in a["optimizer"]["state"].items():
@@ -124,6 +124,37 @@ def test_validate_reproduces_logged_accuracy(run_a, tmp_path):
     assert res["forward_img_s"] > 0
     res = V.run(V.build_parser().parse_args(["-c", str(run_a / "last.pth"), "--ema", "--no-progress",
                                              "--throughput-iters", "0"]))
+    assert res["top1"] == pytest.approx(hist["ema_top1"], abs=1e-6)
+
+
+def test_timm_load_checkpoint_reads_our_ema(run_a):
+    """timm's load_checkpoint (weights_only=True, as validate.py --use-ema) takes our EMA and model weights."""
+    import timm
+    import vssm  # noqa: F401
+    from timm.models import load_checkpoint
+
+    path = str(run_a / "last.pth")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []  # tensors and Python values only
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    assert not torch.equal(ck["state_dict_ema"]["head.fc.weight"], ck["model"]["head.fc.weight"])
+    for use_ema, part in ((True, "state_dict_ema"), (False, "model")):
+        model = timm.create_model(MODEL, num_classes=10)
+        load_checkpoint(model, path, use_ema=use_ema)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ck[part][k]), (part, k)
+
+
+def test_validate_reads_files_before_state_dict_ema(run_a, tmp_path):
+    """Files written before the change keep the EMA under 'ema' and the numpy RNG state as an array."""
+    import numpy as np
+
+    ck = load(str(run_a / "last.pth"))
+    old = dict(ck, ema=ck.pop("state_dict_ema"))
+    old["rng"] = [dict(r, numpy=np.random.get_state()) for r in ck["rng"]]
+    path = tmp_path / "old.pth"
+    torch.save(old, path)
+    hist = json.loads((run_a / "metrics.json").read_text())[-1]
+    res = V.run(V.build_parser().parse_args(["-c", str(path), "--ema", "--no-progress", "--throughput-iters", "0"]))
     assert res["top1"] == pytest.approx(hist["ema_top1"], abs=1e-6)
 
 

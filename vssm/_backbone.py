@@ -9,17 +9,36 @@ applied to the last stage's tokens.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.layers import register_notrace_function
+from timm.models import build_model_with_cfg, load_pretrained
 from timm.models._features import feature_take_indices
 
+from ._checkpoint import load_checkpoint_file
 from .layers import ssm_no_weight_decay
 
-__all__ = ["StagedBackbone", "imagenet_cfg", "build_family_model"]
+__all__ = ["StagedBackbone", "check_image", "imagenet_cfg", "release_file", "hf_release", "build_family_model"]
+
+
+@register_notrace_function
+def check_image(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> torch.Tensor:
+    """``x`` unchanged if it is a ``(B, in_chans, H, W)`` image with H, W >= ``min_size``; else ``ValueError``
+    (wrong rank, channels, too small). A torch.fx leaf: traced models keep the check."""
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a (batch, {in_chans}, H, W) image tensor, got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name} was built for {in_chans} input channels, got {x.shape[1]} (input shape "
+                         f"{tuple(x.shape)}); pass in_chans= to create_model")
+    H, W = x.shape[-2:]
+    least = max(min_size, 1)
+    if H < least or W < least:
+        raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {least}")
+    return x
 
 
 class StagedBackbone(nn.Module):
@@ -54,19 +73,10 @@ class StagedBackbone(nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small)."""
-        name = type(self).__name__
-        if x.dim() != 4:
-            raise ValueError(f"{name} expects a (batch, {self.in_chans}, H, W) image tensor, got shape "
-                             f"{tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"{name} was built for {self.in_chans} input channels, got {x.shape[1]} (input shape "
-                             f"{tuple(x.shape)}); pass in_chans= to create_model")
-        H, W = x.shape[-2:]
-        least = max(self.min_input_size, 1)
-        if H < least or W < least:
-            raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {least}")
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` unchanged; ``ValueError`` for inputs the model cannot take (wrong rank, channels, too small).
+        Under torch.fx it is one leaf call (the checks run when the traced graph runs)."""
+        return check_image(x, self.in_chans, self.min_input_size, type(self).__name__)
 
     def forward_intermediates(
             self,
@@ -86,7 +96,7 @@ class StagedBackbone(nn.Module):
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        self.check_input(x)
+        x = self.check_input(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[:max_index + 1]
@@ -120,9 +130,21 @@ class StagedBackbone(nn.Module):
             self.num_classes = 0
         return take_indices
 
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's ``custom_load`` hook: ``pretrained=True`` (after timm downloads or finds the cfg's file in its
+        cache) and ``pretrained_cfg_overlay=dict(file=...)`` call it with the file. It is read with
+        ``weights_only=True`` (:func:`vssm.load_checkpoint_file`: official files pickle their training configs),
+        mapped by the family's ``checkpoint_filter_fn`` (wrappers, EMA entries, official key names) and loaded as
+        timm loads any state dict: classifier and first conv adapted to ``num_classes`` / ``in_chans``, strict."""
+        checkpoint = load_checkpoint_file(checkpoint_path, map_location="cpu")
+        cfg = dict(self.pretrained_cfg, state_dict=checkpoint, custom_load=False, file=None)
+        load_pretrained(self, pretrained_cfg=cfg, num_classes=self.num_classes, in_chans=self.in_chans,
+                        filter_fn=sys.modules[type(self).__module__].checkpoint_filter_fn, strict=True)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``(B, C, H, W)`` -> final tokens ``(B, h, w, C_last)`` (channels-last)."""
-        self.check_input(x)
+        x = self.check_input(x)
         return self.final_features(self.stages(self.stem(x)))
 
     def forward(self, x: torch.Tensor):
@@ -130,8 +152,8 @@ class StagedBackbone(nn.Module):
 
 
 def imagenet_cfg(**kwargs) -> Dict:
-    """timm pretrained cfg of an ImageNet-1k 224x224 model; a family passes its paper, license, first conv
-    and classifier. ``url`` stays empty: vssm never downloads (see each family's ``default_cfgs`` notes)."""
+    """timm pretrained cfg of an ImageNet-1k 224x224 model; a family passes its paper, license, first conv,
+    classifier and, for a released model, the file (:func:`release_file` / :func:`hf_release`)."""
     return {
         "url": "",
         "num_classes": 1000, "input_size": (3, 224, 224), "min_input_size": (3, 32, 32), "pool_size": (7, 7),
@@ -139,6 +161,18 @@ def imagenet_cfg(**kwargs) -> Dict:
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "classifier": "head.fc",
         **kwargs,
     }
+
+
+def release_file(url: str) -> Dict:
+    """cfg entries of an official file at ``url`` (e.g. a GitHub release): timm downloads it into its torch.hub
+    cache (``$TORCH_HOME/hub/checkpoints/<file name>``) and hands it to :meth:`StagedBackbone.load_pretrained`."""
+    return {"url": url, "custom_load": True}
+
+
+def hf_release(hub_id: str, filename: str) -> Dict:
+    """cfg entries of an official file on the Hugging Face hub: huggingface_hub fetches (or finds in its cache)
+    ``filename`` of ``hub_id`` and timm hands it to :meth:`StagedBackbone.load_pretrained`."""
+    return {"hf_hub_id": hub_id, "hf_hub_filename": filename, "custom_load": "hf"}
 
 
 def build_family_model(cls: Type[nn.Module], variant: str, pretrained: bool, checkpoint_filter_fn: Callable,

@@ -38,7 +38,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, SEModule
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._backbone import build_family_model, imagenet_cfg
+from ._backbone import build_family_model, hf_release, imagenet_cfg
 from ._checkpoint import remap_state_dict, unwrap_state_dict
 from .layers import SS2D, DropPath, PatchEmbed, build_downsample, init_vssm_weights
 from .vmamba import VMamba
@@ -325,21 +325,25 @@ def _cfg(**kwargs) -> Dict:
                         paper_name="EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba", **kwargs)
 
 
-# Official checkpoints are NOT downloaded (url is empty): fetch the file named in `notes` from `origin_url`
-# and load it with pretrained=True, pretrained_cfg_overlay=dict(file=PATH).
+# Released models: pretrained=True fetches the official file from the Hugging Face hub (or finds it in the
+# huggingface_hub cache). The hub repositories are the official README's; the file names are those this package
+# has documented for them (efficient_vmamba_<size>.ckpt), not re-checked against the hub from an offline machine.
 default_cfgs = generate_default_cfgs({
     "efficient_vmamba_tiny.in1k": _cfg(
+        **hf_release("TerryPei/EfficientVMamba-Tiny", "efficient_vmamba_tiny.ckpt"),
         origin_url=f"{_HF}/EfficientVMamba-Tiny",
         notes=("official file efficient_vmamba_tiny.ckpt, top-1 76.5; "
                f"log {_LOGS}/log_efficient_vmamba_tiny.txt",),
     ),
     "efficient_vmamba_small.in1k": _cfg(
+        **hf_release("TerryPei/EfficientVMamba-Small", "efficient_vmamba_small.ckpt"),
         origin_url=f"{_HF}/EfficientVMamba-Small",
         notes=("official file efficient_vmamba_small.ckpt, top-1 78.7; dims 64 as in the paper and "
                f"{_LOGS}/log_efficient_vmamba_small.txt (the repository yaml's dims-96 small is "
                "efficient_vmamba_small_d96)",),
     ),
     "efficient_vmamba_base.in1k": _cfg(
+        **hf_release("TerryPei/EfficientVMamba-Base", "efficient_vmamba_base.ckpt"),
         origin_url=f"{_HF}/EfficientVMamba-Base",
         notes=("official file efficient_vmamba_base.ckpt, top-1 81.8; "
                f"log {_LOGS}/log_efficient_vmamba_base.txt",),

@@ -17,7 +17,8 @@ Architecture (as released):
     multiplied by ``skip_scale * x`` and by the CAM weights, LayerNorm again (same weights), projection.
   * head: the stage-4 tokens are averaged into a class token, which one class block (the same mixer on a 1x1
     map, plus an MLP) refines; final LayerNorm; a classifier and a distillation classifier read it.
-    In training mode the model returns ``(logits, dist_logits)``; in eval mode their average (DeiT style).
+    Both modes return their average unless distilled training is switched on (``set_distilled_training(True)``,
+    as timm's DeiT; vssm's distillation recipe does it): training mode then returns ``(logits, dist_logits)``.
     See :mod:`vssm.engine.distill` for the official distillation loss.
 
 Layout: channels-last ``(B, H, W, C)`` inside; ``forward_features`` returns the stage-4 tokens (not normed,
@@ -34,7 +35,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
@@ -153,6 +154,12 @@ class ChannelAffinity(nn.Module):
         return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean(dim=(1, 2))))))
 
 
+@register_notrace_function
+def half_to_float(x: torch.Tensor) -> torch.Tensor:
+    """float16 -> float32 (the official mixer computes in float32 under fp16); other dtypes as they are."""
+    return x.float() if x.dtype == torch.float16 else x
+
+
 class GroupMambaMixer(nn.Module):
     """Modulated group Mamba layer on ``(B, H, W, C)``:
     ``proj(norm(ssm(norm(x)) * skip_scale * norm(x) * cam(norm(x))))`` with the four-group SSM."""
@@ -167,9 +174,7 @@ class GroupMambaMixer(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float16:  # as the official layer
-            x = x.float()
-        x = self.norm(x)
+        x = self.norm(half_to_float(x))
         gate = self.cam(x)
         y = self.ssm(x) * self.skip_scale * x
         y = y * gate[:, None, None, :]
@@ -228,14 +233,15 @@ class ClassBlock(nn.Module):
 
 
 class DistilledClassifier(nn.Module):
-    """Classifier + distillation classifier on the same feature. Training mode (with ``distilled_training``)
-    returns ``(logits, dist_logits)``; otherwise their average. Without distillation: a plain classifier."""
+    """Classifier + distillation classifier on the same feature: their average, or ``(logits, dist_logits)`` in
+    training mode with ``distilled_training`` (off by default, as timm's DeiT). Without distillation: a plain
+    classifier."""
 
     def __init__(self, in_features: int, num_classes: int, distillation: bool = True, drop_rate: float = 0.0):
         super().__init__()
         self.in_features = in_features
         self.distillation = distillation
-        self.distilled_training = True
+        self.distilled_training = False
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.reset(num_classes)
 
@@ -317,12 +323,13 @@ class GroupMamba(StagedBackbone):
 
     Args:
         in_chans: input image channels.  num_classes: classifier outputs (0: no classifier).
-        global_pool: 'avg' only (the class token is the mean of the stage-4 tokens).
+        global_pool: 'avg' (the class token is the mean of the stage-4 tokens) or '' (no pooling, no class block:
+            the classifiers read every normed token).
         stem_hidden_dim: channels of the stem's convs.  dims: channels per stage.  depths: blocks per stage.
         mlp_ratios: FFN ratio per stage (the class block uses the last).
         d_state, ssm_ratio, ssm_conv: VSSS options (official 1, 1.0, 3).  cam_reduction: CAM reduction (16).
-        distillation: add the distillation classifier (official: True). Training mode then returns
-            ``(logits, dist_logits)``, eval mode their average.
+        distillation: add the distillation classifier (official: True). The model returns the average of the
+            two classifiers; after ``set_distilled_training(True)`` training mode returns ``(logits, dist_logits)``.
         drop_rate: dropout before the classifiers (official: none).  proj_drop_rate: FFN dropout (official: none).
         drop_path_rate: stochastic depth, linear over the trunk blocks.  norm_eps: eps of the block / stage /
             class-block norms (official 1e-6; the stem, downsample and mixer norms keep 1e-5 as released).
@@ -361,12 +368,9 @@ class GroupMamba(StagedBackbone):
         bad = [d for d in dims if d % NUM_GROUPS]
         if bad:
             raise ValueError(f"GroupMamba splits channels in {NUM_GROUPS} groups: dims {bad} are not divisible by {NUM_GROUPS}")
-        if global_pool not in ("avg", None):
-            raise ValueError(f"GroupMamba pools the stage-4 tokens into its class token: global_pool must be 'avg', "
-                             f"got {global_pool!r}")
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.global_pool = "avg"
+        self.global_pool = _check_pool(global_pool)
         self.drop_rate = drop_rate
         self.output_fmt = "NHWC"
         self.min_input_size = min_input_size
@@ -414,7 +418,8 @@ class GroupMamba(StagedBackbone):
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True) -> None:
-        """True (default, official): training-mode forward returns ``(logits, dist_logits)``; False: the average."""
+        """True: training-mode forward returns ``(logits, dist_logits)`` (distillation training, as timm's DeiT);
+        False (default): the average of the two classifiers, in every mode."""
         self.head.distilled_training = enable
 
     @torch.jit.ignore
@@ -422,8 +427,8 @@ class GroupMamba(StagedBackbone):
         return self.head.fc if self.head.fc_dist is None else (self.head.fc, self.head.fc_dist)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"GroupMamba supports global_pool='avg' only, got {global_pool!r}")
+        if global_pool is not None:
+            self.global_pool = _check_pool(global_pool)
         self.num_classes = num_classes
         self.head.reset(num_classes)
 
@@ -438,9 +443,19 @@ class GroupMamba(StagedBackbone):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Stage-4 tokens -> class token (mean) -> class block -> norm -> classifier(s).
-        ``pre_logits=True`` returns the normed class-token feature ``(B, C_last)``."""
-        x = self.norm(self.cls_block(x.mean(dim=(1, 2))))
-        return self.head(x, pre_logits=pre_logits)
+        ``pre_logits=True`` returns the normed class-token feature ``(B, C_last)``. With ``global_pool=''`` the
+        tokens are not pooled (no class block): normed ``(B, h, w, C_last)``, the classifiers applied per token."""
+        if self.global_pool == "avg":
+            x = self.cls_block(x.mean(dim=(1, 2)))
+        return self.head(self.norm(x), pre_logits=pre_logits)
+
+
+def _check_pool(global_pool: Optional[str]) -> str:
+    """'avg' (also for None): the class token is the mean of the stage-4 tokens; '': no pooling."""
+    if global_pool not in ("avg", "", None):
+        raise ValueError(f"GroupMamba pools the stage-4 tokens into its class token: global_pool must be 'avg' or '' "
+                         f"(no pooling), got {global_pool!r}")
+    return "" if global_pool == "" else "avg"
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -197,6 +197,7 @@ def _dt_init(dt_rank: int, d_inner: int, dt_scale: float, dt_init: str, dt_min: 
     return weight, bias
 
 
+@register_notrace_module  # a torch.fx leaf: its scan patterns index by the concrete map size
 class SS2D(nn.Module):
     """2D selective-scan mixer on ``(B, H, W, C)`` maps.
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._backbone import build_family_model, imagenet_cfg
+from ._backbone import build_family_model, imagenet_cfg, release_file
 from .layers import SS2D, VSSBlock, init_vssm_weights
 from .scans.base import traced_constants
 from .vmamba import VMamba
@@ -233,7 +233,7 @@ class LocalVMamba(VMamba):
         )
         self.depths = depths
         self.directions = block_directions
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta default device
 
         def norm_layer(dim: int) -> nn.LayerNorm:
             return nn.LayerNorm(dim, eps=norm_eps)
@@ -279,15 +279,14 @@ def _cfg(**kwargs) -> Dict:
                         paper_name="LocalMamba: Visual State Space Model with Windowed Selective Scan", **kwargs)
 
 
-# Official checkpoints are NOT downloaded (url is empty): fetch the file from `origin_url` and load it with
-# pretrained=True, pretrained_cfg_overlay=dict(file=PATH).
+# The released model: pretrained=True downloads the official release file (or finds it in timm's torch.hub cache).
 default_cfgs = generate_default_cfgs({
     "local_vmamba_tiny.in1k": _cfg(
         notes=("official local_vssm_tiny, top-1 82.7; its checkpoint is not released (the official README lists "
                "it as 'retraining'); an official-format file loads with pretrained_cfg_overlay=dict(file=PATH)",),
     ),
     "local_vmamba_small.in1k": _cfg(
-        origin_url=f"{_RELEASE}/local_vssm_small.ckpt",
+        **release_file(f"{_RELEASE}/local_vssm_small.ckpt"),
         notes=("official file local_vssm_small.ckpt (local_vssm_small), top-1 83.7",),
     ),
 })

@@ -24,6 +24,7 @@ from timm.models import checkpoint_seq, load_pretrained
 from timm.models._features import feature_take_indices
 
 from . import kernels
+from ._backbone import check_image  # noqa: F401  (re-exported for the plain families)
 from ._checkpoint import load_checkpoint_file
 from .layers import _dt_init, ssm_no_weight_decay
 
@@ -142,19 +143,6 @@ class MambaMixer(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "
                 f"d_conv={self.d_conv}, bidirectional={self.bidirectional}")
-
-
-@register_notrace_function  # control flow on the input's shape: a leaf for torch.fx (the checks still run)
-def check_image(x: torch.Tensor, in_chans: int, min_size: int, name: str) -> None:
-    """Raise ``ValueError`` unless ``x`` is a ``(B, in_chans, H, W)`` image with H, W >= ``min_size``."""
-    if x.dim() != 4:
-        raise ValueError(f"{name} expects a (batch, {in_chans}, H, W) image tensor, got shape {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(f"{name} was built for {in_chans} input channels, got {x.shape[1]} (input shape "
-                         f"{tuple(x.shape)}); pass in_chans= to create_model")
-    H, W = x.shape[-2:]
-    if H < min_size or W < min_size:
-        raise ValueError(f"input {H}x{W} is too small for {name}: height and width must be at least {min_size}")
 
 
 def load_official_file(model: nn.Module, path: str, key: str, filter_fn: Callable,

@@ -144,6 +144,7 @@ class MambaND(PlainMambaModel):
         self.in_chans = in_chans
         self.min_input_size = 1
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.output_fmt = "NHWC"  # forward_features' layout (timm's convention for feature-map consumers)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm_layer=None, pad=True)
         self.grid_size = tuple(-(-s // patch_size) for s in img_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim))
@@ -251,7 +252,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MambaND) ->
 def _cfg(hf_hub_filename: str, **kwargs) -> Dict:
     return imagenet_cfg(
         hf_hub_id="jacklishufan/Mamba-ND", hf_hub_filename=hf_hub_filename, custom_load="hf",
-        first_conv="patch_embed.proj", classifier="head", pool_size=None, min_input_size=(3, 8, 8),
+        first_conv="patch_embed.proj", classifier="head", pool_size=(14, 14), min_input_size=(3, 8, 8),
+        license="unknown",  # the official repository carries no licence file
         paper_ids="arXiv:2402.05892", paper_name="Mamba-ND: Selective State Space Modeling for Multi-Dimensional Data",
         origin_url="https://github.com/jacklishufan/Mamba-ND", **kwargs)
 

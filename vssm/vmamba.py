@@ -9,7 +9,9 @@ Variants:
   * ``vmamba_tiny`` / ``vmamba_small`` / ``vmamba_base``: the v2 release (official ``vmamba_tiny_s1l8``,
     ``vmamba_small_s2l15``, ``vmamba_base_s2l15``): conv stem, 3x3/s2 conv downsample, SS2D without z gate
     (d_state 1), MLP in every block.
-  * ``vanilla_vmamba_tiny``: the v0 release: 4x4 patch stem, patch merging, gated SS2D (d_state 16), no MLP.
+  * ``vmamba_tiny_s2l5``: the first v2 tiny release (official ``vmamba_tiny_s2l5``, ssm ratio 2, depths 2-2-5-2).
+  * ``vanilla_vmamba_tiny`` / ``vanilla_vmamba_small`` / ``vanilla_vmamba_base``: the v0 releases: 4x4 patch stem,
+    patch merging, gated SS2D (d_state 16), no MLP.
   * ``vmamba_nano``: a small v2-style model for CPU smoke runs (no official weights).
 
 Layout: the model works on channels-last ``(B, H, W, C)`` tokens; ``forward_features`` returns them
@@ -27,7 +29,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
+from ._backbone import StagedBackbone, build_family_model, imagenet_cfg, release_file
 from ._checkpoint import remap_state_dict, unwrap_state_dict
 from .layers import ConvStem, PatchEmbed, VSSBlock, build_downsample, init_vssm_weights
 
@@ -244,25 +246,38 @@ def _cfg(**kwargs) -> Dict:
                            "paper_name": "VMamba: Visual State Space Model", **kwargs})
 
 
-# Official checkpoints are NOT downloaded (url is empty): fetch the file named in `notes` from `origin_url`
-# and load it with pretrained=True, pretrained_cfg_overlay=dict(file=PATH).
+# Released models: pretrained=True downloads the official release file (or finds it in timm's torch.hub cache) and
+# loads its "model" entry (the official loader's choice; for the v0 small / base releases it holds the EMA weights).
 default_cfgs = generate_default_cfgs({
     "vmamba_tiny.in1k": _cfg(
-        origin_url=f"{_RELEASE}/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth",
-        notes=("official file vssm1_tiny_0230s_ckpt_epoch_264.pth (vmamba_tiny_s1l8), top-1 82.6",),
+        **release_file(f"{_RELEASE}/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth"),
+        notes=("official vmamba_tiny_s1l8, file vssm1_tiny_0230s_ckpt_epoch_264.pth, top-1 82.6",),
+    ),
+    "vmamba_tiny_s2l5.in1k": _cfg(
+        **release_file(f"{_RELEASE}/%23v2cls/vssm_tiny_0230_ckpt_epoch_262.pth"),
+        notes=("official vmamba_tiny_s2l5, file vssm_tiny_0230_ckpt_epoch_262.pth, top-1 82.5",),
     ),
     "vmamba_small.in1k": _cfg(
-        origin_url=f"{_RELEASE}/%23v2cls/vssm_small_0229_ckpt_epoch_222.pth",
-        notes=("official file vssm_small_0229_ckpt_epoch_222.pth (vmamba_small_s2l15), top-1 83.6",),
+        **release_file(f"{_RELEASE}/%23v2cls/vssm_small_0229_ckpt_epoch_222.pth"),
+        notes=("official vmamba_small_s2l15, file vssm_small_0229_ckpt_epoch_222.pth, top-1 83.6",),
     ),
     "vmamba_base.in1k": _cfg(
-        origin_url=f"{_RELEASE}/%23v2cls/vssm_base_0229_ckpt_epoch_237.pth",
-        notes=("official file vssm_base_0229_ckpt_epoch_237.pth (vmamba_base_s2l15), top-1 83.9",),
+        **release_file(f"{_RELEASE}/%23v2cls/vssm_base_0229_ckpt_epoch_237.pth"),
+        notes=("official vmamba_base_s2l15, file vssm_base_0229_ckpt_epoch_237.pth, top-1 83.9",),
     ),
     "vanilla_vmamba_tiny.in1k": _cfg(
-        origin_url=f"{_RELEASE}/%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth",
-        first_conv="stem.proj",
-        notes=("official file vssmtiny_dp01_ckpt_epoch_292.pth (vanilla_vmamba_tiny, v0), top-1 82.2",),
+        **release_file(f"{_RELEASE}/%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth"), first_conv="stem.proj",
+        notes=("official vanilla_vmamba_tiny (v0), file vssmtiny_dp01_ckpt_epoch_292.pth, top-1 82.2",),
+    ),
+    "vanilla_vmamba_small.in1k": _cfg(
+        **release_file(f"{_RELEASE}/%23v0cls/vssmsmall_dp03_ckpt_epoch_238.pth"), first_conv="stem.proj",
+        notes=("official vanilla_vmamba_small (v0), file vssmsmall_dp03_ckpt_epoch_238.pth (EMA weights under "
+               "'model'), top-1 83.5",),
+    ),
+    "vanilla_vmamba_base.in1k": _cfg(
+        **release_file(f"{_RELEASE}/%23v0cls/vssmbase_dp06_ckpt_epoch_241.pth"), first_conv="stem.proj",
+        notes=("official vanilla_vmamba_base (v0), file vssmbase_dp06_ckpt_epoch_241.pth (EMA weights under "
+               "'model'), top-1 83.7",),
     ),
     "vmamba_nano": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), license="apache-2.0",
                         notes=("small v2-style model for CPU smoke runs; no official weights",)),
@@ -274,6 +289,8 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
 
 
 _V2 = dict(stem="conv", downsample="conv3", d_state=1, ssm_conv=3, ssm_conv_bias=False, gate=False, mlp_ratio=4.0)
+_V0 = dict(stem="patch", downsample="merge", d_state=16, ssm_ratio=2.0, ssm_conv=3, ssm_conv_bias=True, gate=True,
+           mlp_ratio=0.0)
 
 
 @register_model
@@ -281,6 +298,14 @@ def vmamba_tiny(pretrained: bool = False, **kwargs) -> VMamba:
     """VMamba-T (official ``vmamba_tiny_s1l8``): 30.2M params, 4.9G FLOPs, 82.6 top-1."""
     args = dict(_V2, depths=(2, 2, 8, 2), dims=96, ssm_ratio=1.0)
     return _create_vmamba("vmamba_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vmamba_tiny_s2l5(pretrained: bool = False, **kwargs) -> VMamba:
+    """VMamba-T ``s2l5`` (the official 0230 tiny release): ssm ratio 2, depths 2-2-5-2; 31M params, 4.9G FLOPs,
+    82.5 top-1."""
+    args = dict(_V2, depths=(2, 2, 5, 2), dims=96, ssm_ratio=2.0)
+    return _create_vmamba("vmamba_tiny_s2l5", pretrained, **dict(args, **kwargs))
 
 
 @register_model
@@ -300,9 +325,22 @@ def vmamba_base(pretrained: bool = False, **kwargs) -> VMamba:
 @register_model
 def vanilla_vmamba_tiny(pretrained: bool = False, **kwargs) -> VMamba:
     """Vanilla VMamba-T (v0 release): 22.9M params, gated SS2D with d_state 16, no MLP, 82.2 top-1."""
-    args = dict(stem="patch", downsample="merge", depths=(2, 2, 9, 2), dims=96, d_state=16, ssm_ratio=2.0,
-                ssm_conv=3, ssm_conv_bias=True, gate=True, mlp_ratio=0.0)
+    args = dict(_V0, depths=(2, 2, 9, 2), dims=96)
     return _create_vmamba("vanilla_vmamba_tiny", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vanilla_vmamba_small(pretrained: bool = False, **kwargs) -> VMamba:
+    """Vanilla VMamba-S (v0 release): depths 2-2-27-2, dims 96; 44M params, 83.5 top-1."""
+    args = dict(_V0, depths=(2, 2, 27, 2), dims=96)
+    return _create_vmamba("vanilla_vmamba_small", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def vanilla_vmamba_base(pretrained: bool = False, **kwargs) -> VMamba:
+    """Vanilla VMamba-B (v0 release): depths 2-2-27-2, dims 128; 76M params, 83.7 top-1."""
+    args = dict(_V0, depths=(2, 2, 27, 2), dims=128)
+    return _create_vmamba("vanilla_vmamba_base", pretrained, **dict(args, **kwargs))
 
 
 @register_model

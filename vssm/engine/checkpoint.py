@@ -65,11 +65,24 @@ def load(path: str) -> Dict[str, Any]:
     return load_checkpoint_file(path, map_location="cpu")
 
 
+EMA_KEYS = ("state_dict_ema", "ema", "model_ema")  # ours and timm's, ours before state_dict_ema, official
+
+
+def ema_state_dict(ckpt: Any) -> Optional[Dict[str, torch.Tensor]]:
+    """The EMA weights of a checkpoint (``state_dict_ema``; ``ema`` in our files before the change), or None."""
+    if isinstance(ckpt, dict):
+        for k in EMA_KEYS:
+            if isinstance(ckpt.get(k), dict) and ckpt[k]:
+                return ckpt[k]
+    return None
+
+
 def extract_state_dict(ckpt: Any, prefer_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """Weights from ours ({'model', 'ema'}) or official layouts ({'model'}, {'state_dict'}, raw)."""
+    """Weights from ours ({'model', 'state_dict_ema'}; 'ema' in older files), timm's ({'state_dict',
+    'state_dict_ema'}) or official layouts ({'model'}, {'state_dict'}, raw)."""
     if not isinstance(ckpt, dict):
         raise ValueError("checkpoint is not a dict")
-    order = (["ema", "model_ema", "state_dict_ema"] if prefer_ema else []) + ["model", "state_dict", "module"]
+    order = (list(EMA_KEYS) if prefer_ema else []) + ["model", "state_dict", "module"]
     sd = None
     for k in order:
         if isinstance(ckpt.get(k), dict) and ckpt[k]:

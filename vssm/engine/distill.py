@@ -1,8 +1,8 @@
 """Knowledge distillation as trained by the official GroupMamba code (DeiT's hard / soft distillation).
 
-The student returns ``(logits, dist_logits)`` in training mode (e.g. GroupMamba's distillation
-classifier); a frozen teacher (any timm model, weights from a local file, nothing downloaded) labels the
-same (mixed) images:
+The student returns ``(logits, dist_logits)`` in training mode (e.g. GroupMamba's distillation classifier
+after ``set_distilled_training(True)``, which ``vssm.engine.train`` calls when a teacher is set); a frozen
+teacher (any timm model, weights from a local file, nothing downloaded) labels the same (mixed) images:
 
     base = base_criterion(logits, target)               # soft-target CE under mixup, as usual
     hard: kd = CE(dist_logits, argmax(teacher(images)))

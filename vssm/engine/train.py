@@ -286,6 +286,8 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
                                 f"({t['batch_size']}); lower --batch-size")
         mixup, criterion = DM.build_mixup_and_criterion(cfg, n_classes)
         criterion = _wrap_distill(cfg, criterion, n_classes, dev, log)
+        if criterion.teacher is not None and hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(True)  # training forward returns (logits, dist_logits), as timm's DeiT
 
         # --- EMA, optimizer, schedule, scaler ----------------------------------------------------------
         ema = ModelEmaV3(model, decay=cfg["ema"]["decay"], use_warmup=cfg["ema"]["warmup"]) if cfg["ema"]["enabled"] else None
@@ -301,10 +303,7 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
             ck = CK.load(resume)
             model.load_state_dict(ck["model"])
             if ema is not None:
-                if ck.get("ema"):
-                    ema.module.load_state_dict(ck["ema"])
-                else:
-                    ema.module.load_state_dict(ck["model"])
+                ema.module.load_state_dict(CK.ema_state_dict(ck) or ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["scheduler"])
             if ck.get("scaler"):
@@ -372,11 +371,14 @@ def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
                 best = {"top1": row["top1"], "epoch": epoch}
             if env.is_main:
                 metrics.add_epoch(row)
-                ckpt = {"model": model_core.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+                # timm's conventions: EMA weights under state_dict_ema (timm's load_checkpoint(use_ema=True),
+                # validate.py --use-ema); files before this change hold them under "ema" (read by CK.ema_state_dict)
+                ckpt = {"model": model_core.state_dict(),
+                        "state_dict_ema": ema.module.state_dict() if ema is not None else None,
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict(), "epoch": epoch, "step": global_step, "rng": rngs,
                         "config": cfg, "history": metrics.history, "best": best,
-                        "meta": {"world_size": env.world_size, "torch": torch.__version__, "time": time.time()}}
+                        "meta": {"world_size": env.world_size, "torch": str(torch.__version__), "time": time.time()}}
                 CK.atomic_save(ckpt, out_dir / "last.pth")
                 if improved:
                     _atomic_copy(out_dir / "last.pth", out_dir / "best.pth")

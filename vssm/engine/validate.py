@@ -114,7 +114,7 @@ def _prepare(args) -> Dict[str, Any]:
     ck_path = Path(args.checkpoint).expanduser()
     if not ck_path.is_file():
         raise C.ConfigError(f"checkpoint '{args.checkpoint}' not found")
-    from .checkpoint import load
+    from .checkpoint import ema_state_dict, load
     try:
         ckpt = load(str(ck_path))
     except Exception as e:
@@ -147,7 +147,7 @@ def _prepare(args) -> Dict[str, Any]:
     cfg = C.merge(cfg, {k: v for k, v in ov.items() if v}, "command line")
     if args.batch_size is not None and args.batch_size < 1:
         raise C.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.ema and not (ours and isinstance(ckpt.get("ema"), dict) and ckpt["ema"]):
+    if args.ema and not (ours and ema_state_dict(ckpt)):
         raise C.ConfigError("--ema: this checkpoint has no EMA weights")
     import vssm  # noqa: F401  (registers the vssm models in timm)
     C.check_model_name(cfg["model"]["name"])
