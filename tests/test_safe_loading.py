@@ -122,7 +122,8 @@ def test_checkpoint_written_before_tensor_rng_state_resumes(tmp_path):
     restore the same state."""
     np.random.seed(11)
     old = {"model": {"w": torch.ones(2)}, "config": {"model": {"name": "vmamba_nano"}},
-           "rng": [{"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}]}
+           "rng": [{"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}],
+           "meta": {"torch": torch.__version__}}
     want = np.random.rand()
     torch.save(old, tmp_path / "old.pth")
     np.random.seed(0)

@@ -69,7 +69,10 @@ def load_checkpoint_file(f, map_location="cpu", extra_globals: Sequence[Any] = (
     source = source or (os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", "<buffer>"))
     registered = set(torch.serialization.get_safe_globals())
     # only what is not registered yet: leaving the context manager removes its globals, also ones registered before
-    allowed = [g for g in (*official_file_globals(), *numpy_data_globals(), *extra_globals) if g not in registered]
+    # TorchVersion (a str): vssm training checkpoints written before the torch version was stored as a str hold one
+    ours_before = [torch.torch_version.TorchVersion]
+    allowed = [g for g in (*official_file_globals(), *numpy_data_globals(), *ours_before, *extra_globals)
+               if g not in registered]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(f, map_location=map_location, weights_only=True)

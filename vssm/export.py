@@ -39,6 +39,9 @@ def export_onnx(model: nn.Module, path: str, sample: torch.Tensor, dynamic_batch
     With ``dynamic_batch`` the first axis of the input and of every output is the symbolic ``batch``
     (a ``sample`` batch of 2 or more keeps the tracer from specialising it to 1). Returns ``path``."""
     model.eval()
+    # a fresh dynamo cache: the chunked scan's torch.scan compiles its step function, and a guard left by an
+    # earlier export (another model or size in the same process) crashed dynamo's recompile-reason code
+    torch._dynamo.reset()
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     program = torch.onnx.export(model, (sample,), dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False)
     program.save(path, external_data=False)
