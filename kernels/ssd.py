@@ -276,6 +276,8 @@ def _run(form, fn, x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, backend)
     heads = x.shape[2]
     D = A.new_zeros(heads) if D is None else D
     dt_bias = A.new_zeros(heads) if dt_bias is None else dt_bias
+    if torch.onnx.is_in_onnx_export():  # the PyTorch form lowers to standard ONNX ops; the custom op has none
+        return _BACKENDS[form, "chunked"].forward(x, dt, A, B, C, D, dt_bias, bool(dt_softplus), chunk_size)
     return torch.ops.vssm.ssd(x, dt, A, B, C, D, dt_bias, bool(dt_softplus), form, chunk_size, name)
 
 
