@@ -1,6 +1,7 @@
 """tools/compare.py on the CPU: argument errors, what it says when official code or kernels are missing, importing
 official models from checkouts (fake ones in tmp_path, laid out as the official repositories are), and the
 timing, sweep and stability loops on tiny models. No GPU figures come from here."""
+import importlib
 import sys
 import textwrap
 
@@ -161,6 +162,9 @@ def test_official_models_import_in_isolation(compare, tmp_path, kernels):
     assert (vm_kernels, gm_kernels) == ("selective_scan_cuda_oflex", "selective_scan_cuda_core")
     assert vm(torch.randn(1, 3, 8, 8)).shape == (1, 1000)
     assert not any(m == "models" or m.startswith("models.") for m in sys.modules)
+    # torch.compile imports a traced function's module by its name: the isolated modules stay importable
+    assert importlib.import_module(type(vm).__module__).OfficialVSSM is type(vm)
+    assert importlib.import_module(type(gm).__module__).GroupMamba is type(gm)
     assert [p for p in sys.path if p not in path_before] == [str(kernels)]
     assert timm.models.model_entrypoint("vmamba_tiny") is before
 
@@ -220,6 +224,30 @@ def test_missing_official_is_reported_and_the_rest_timed(compare, tiny_models, c
     subjects = compare.compare_models(args, torch.device("cpu"))
     assert [s.impl for s in subjects] == ["vssm"]
     assert "MISSING vmamba_nano official: no official implementation known" in capsys.readouterr().out
+
+
+class BreaksInTraining(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 1000)
+
+    def forward(self, x):
+        if self.training:
+            raise AssertionError("a compiler bug\nwith a long traceback")
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_failing_model_is_reported_and_the_rest_timed(compare, monkeypatch, capsys):
+    monkeypatch.setattr(compare, "vssm_model", lambda name: BreaksInTraining())
+    monkeypatch.setattr(compare, "reference_model", lambda name: tiny_classifier(6))
+    args = args_for(compare, "--models", "vmamba_nano", "--reference", "resnet10t", "--batch", "1", "--img", "32",
+                    "--rounds", "2", "--iters", "1", "--warmup-iters", "1")
+    vssm_subject, timm_subject = compare.compare_models(args, torch.device("cpu"))
+    assert vssm_subject.error == "train failed: AssertionError: a compiler bug"
+    assert len(timm_subject.times["infer"]) == len(timm_subject.times["train"]) == 2
+    out = capsys.readouterr().out
+    assert "vmamba_nano            vssm      eager     FAILED train failed: AssertionError: a compiler bug" in out
+    assert any(line.startswith("resnet10t") and "FAILED" not in line for line in out.splitlines())
 
 
 def test_resolution_sweep_on_cpu(compare):

@@ -180,6 +180,12 @@ def official_model(name: str, checkouts: Dict[str, Path], kernel_paths: Sequence
         ours = [m for m in set(sys.modules) - before
                 if (getattr(sys.modules[m], "__file__", None) or "").startswith(code_root)]
         loaded = {m: sys.modules.pop(m) for m in ours}
+        for m, mod in loaded.items():  # under a family-unique name, so torch.compile can still import them
+            mod.__name__ = f"_official_{spec.family}.{m}"
+            sys.modules[mod.__name__] = mod
+            for value in vars(mod).values():  # its classes and functions follow the new name
+                if callable(value) and getattr(value, "__module__", None) == m:
+                    value.__module__ = mod.__name__
         for key, table in tables.items():
             table.clear()
             table.update(saved[key])
@@ -246,6 +252,15 @@ class Subject:
         self.batch = batch
         self.times: Dict[str, List[float]] = {"infer": [], "train": []}
         self.peak_gib: Optional[float] = None
+        self.error = ""  # why it was dropped from the timing, if it was
+
+    def fail(self, what: str, err: Exception):
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
+        self.error = f"{what} failed: {type(err).__name__}: {first_line}"[:300]
+        self.times = {"infer": [], "train": []}
+        self.model.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def infer(self):
         self.model.eval()
@@ -291,10 +306,16 @@ def time_interleaved(subjects: Sequence[Subject], rounds: int, iters: int, warmu
     for r in range(rounds):
         for what in ("infer", "train"):
             for s in subjects:
+                if s.error:
+                    continue
                 fn = s.infer if what == "infer" else s.train_step
-                s.times[what].append(seconds_per_call(fn, iters, warmup if r == 0 else 1, s.device))
+                try:
+                    s.times[what].append(seconds_per_call(fn, iters, warmup if r == 0 else 1, s.device))
+                except Exception as err:  # one model failing (a compiler error, say) must not lose the others
+                    s.fail(what, err)
     for s in subjects:
-        s.measure_peak()
+        if not s.error:
+            s.measure_peak()
 
 
 def build_subjects(args, device: torch.device) -> Tuple[List[Subject], List[str]]:
@@ -335,8 +356,12 @@ def compare_models(args, device: torch.device) -> List[Subject]:
           f"{'infer x':>8} {'train x':>8} {'mem x':>6}  kernels")
     official = {(s.model_name, s.mode): s for s in subjects if s.impl == "official"}
     for s in subjects:
+        if s.error:
+            print(f"{s.model_name:<22} {s.impl:<9} {s.mode:<9} FAILED {s.error}")
+            continue
         inf, tr = s.img_per_s("infer"), s.img_per_s("train")
         ref = official.get((s.model_name, s.mode)) if s.impl == "vssm" else None
+        ref = ref if ref is not None and not ref.error else None
         ratios = ["-", "-", "-"]
         if ref is not None:
             ratios[0] = f"{inf / ref.img_per_s('infer'):.2f}"
