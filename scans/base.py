@@ -1,4 +1,4 @@
-"""Scan patterns as data: an index map per feature-map size, plus gather (flatten) and scatter-add (merge)."""
+"""Scan patterns as data: an index map per feature-map size, plus gather (flatten) and its inverse (merge)."""
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +33,8 @@ class ScanPattern:
         _LIVE_PATTERNS[self.key] = self
 
     def build_index(self, H: int, W: int) -> torch.Tensor:
-        """``(K, L)`` int64 tensor of flat positions ``h * W + w`` (``PAD`` for padding tokens)."""
+        """``(K, L)`` int64 tensor of flat positions ``h * W + w`` (``PAD`` for padding tokens); no position twice
+        in one sequence (:meth:`merge` reads each position's output once per sequence)."""
         raise NotImplementedError
 
     def index_map(self, H: int, W: int) -> torch.Tensor:
@@ -108,9 +109,21 @@ class ScanPattern:
         batch, _, c_k, length = y.shape
         if self.split_channels:
             return self.scatter(y, size).reshape(batch, self.K * c_k, H, W)
-        out = y.new_zeros(batch, c_k, H * W + 1)
-        out = out.index_add(2, index.reshape(-1), y.transpose(1, 2).reshape(batch, c_k, self.K * length))
-        return out[..., : H * W].reshape(batch, c_k, H, W)
+        # a gather and a sum, no scatter-add: its ONNX form (ScatterND, reduction add, repeated targets) gave wrong
+        # sums in onnxruntime's CPU provider, different from run to run
+        source = self.merge_source(H, W, y.device)
+        padded = torch.cat([y, y.new_zeros(batch, self.K, c_k, 1)], dim=3)  # step `length`: zero
+        picked = padded.transpose(1, 2).reshape(batch, c_k, self.K * (length + 1)).index_select(2, source)
+        return picked.view(batch, c_k, self.K, H * W).sum(2).view(batch, c_k, H, W)
+
+    def merge_source(self, H: int, W: int, device: torch.device) -> torch.Tensor:
+        """``(K * H * W,)`` int64, cached per (size, device): for sequence k and position p, where p's output
+        sits in the K sequences laid end to end, each followed by one zero step: ``k * (L + 1) + t`` if sequence
+        k visits p at step t, else ``k * (L + 1) + L``. Under ``torch.compile`` the op ``vssm::scan_merge_source``."""
+        if torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
+            return torch.ops.vssm.scan_merge_source(self.key, int(H), int(W), torch.device(device))
+        with traced_constants():
+            return _cached_merge_source(self, int(H), int(W), torch.device(device))
 
     def scatter(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """``(B, K, c, L)`` -> ``(B, K, c, H, W)``: the inverse of :meth:`gather`, each sequence's outputs at their
@@ -146,6 +159,26 @@ def _cached_device_index(pattern: ScanPattern, H: int, W: int, device: torch.dev
                          pad: int) -> torch.Tensor:
     index = pattern.index_map(H, W)
     return torch.where(index == PAD, pad, index).to(device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=256)
+def _cached_merge_source(pattern: ScanPattern, H: int, W: int, device: torch.device) -> torch.Tensor:
+    index = pattern.index_map(H, W)
+    K, length = index.shape
+    source = torch.full((K, H * W + 1), length, dtype=torch.int64)  # slot H * W: where padding tokens land
+    source.scatter_(1, torch.where(index == PAD, H * W, index), torch.arange(length).expand(K, length))
+    return (source[:, :-1] + torch.arange(K)[:, None] * (length + 1)).reshape(-1).to(device)
+
+
+@torch.library.custom_op("vssm::scan_merge_source", mutates_args=())
+def _scan_merge_source_op(key: str, H: int, W: int, device: torch.device) -> torch.Tensor:
+    """:meth:`ScanPattern.merge_source` of the live pattern ``key`` (a copy)."""
+    return _cached_merge_source(_LIVE_PATTERNS[key], H, W, device).clone()
+
+
+@_scan_merge_source_op.register_fake
+def _(key, H, W, device):
+    return torch.empty(_LIVE_PATTERNS[key].K * H * W, device=device, dtype=torch.int64)
 
 
 @torch.library.custom_op("vssm::scan_index", mutates_args=())

@@ -190,6 +190,7 @@ def test_compiled_graph_takes_index_maps_from_the_cache(case):
     x = torch.randn(2, channels * pattern.K, 5, 7)
     graph = torch._dynamo.explain(roundtrip)(x).graphs[0].code
     assert "vssm.scan_index" in graph and "arange" not in graph
+    assert ("vssm.scan_merge_source" in graph) != pattern.split_channels  # channel-split merges scatter
     compiled = torch.compile(roundtrip, backend="aot_eager", fullgraph=True)
     for size in [(5, 7), (6, 3)]:
         x = torch.randn(2, channels * pattern.K, *size)
