@@ -39,6 +39,9 @@ SEG_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "mmseg",
 # constructor): tests/test_mm_mambavision.py checks them
 DET_CONFIGS = [p for p in DET_CONFIGS if os.path.relpath(p, REPO).split(os.sep)[2] != "mambavision"]
 SEG_CONFIGS = [p for p in SEG_CONFIGS if os.path.relpath(p, REPO).split(os.sep)[2] != "mambavision"]
+# EfficientViM's (timm's model, its own neck and recipes): tests/test_mm_efficientvim.py checks them
+DET_CONFIGS = [p for p in DET_CONFIGS if os.path.relpath(p, REPO).split(os.sep)[2] != "efficientvim"]
+SEG_CONFIGS = [p for p in SEG_CONFIGS if os.path.relpath(p, REPO).split(os.sep)[2] != "efficientvim"]
 # one config per family for the loss / predict tests (the smallest variant); the Runner tests use VMamba's
 FAMILY_DET = {
     "vmamba": "configs/mmdet/vmamba/mask_rcnn_vmamba_tiny_fpn_1x_coco.py",

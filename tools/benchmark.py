@@ -376,7 +376,8 @@ def bench_model(args):
     torch.backends.cudnn.allow_tf32 = True
     rows = []
     for name in args.models.split(","):
-        for backend in args.backends.split(","):
+        # timm's own models (EfficientViM) have no scan backend: one row, labelled '-'
+        for backend in (args.backends.split(",") if _is_vssm_model(name) else ["-"]):
             for compiled in ((False, True) if args.compile else (False,)):
                 label = f"{backend}{' +compile' if compiled else ''}"
                 torch.cuda.empty_cache()
@@ -413,9 +414,16 @@ def _print_profile(fn, title, rows):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
 
 
+def _is_vssm_model(name):
+    import timm
+    import vssm  # noqa: F401  (registers the models)
+    return timm.models.model_entrypoint(name).__module__.startswith("vssm.")
+
+
 def _bench_one_model(name, backend, compiled, args):
     import timm
-    model = timm.create_model(name, scan_backend=backend).cuda().to(memory_format=torch.channels_last)
+    kwargs = {} if backend == "-" else dict(scan_backend=backend)
+    model = timm.create_model(name, **kwargs).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(args.batch, 3, args.img, args.img, device="cuda")
     target = torch.randint(0, 1000, (args.batch,), device="cuda")
     run = torch.compile(model) if compiled else model
@@ -453,8 +461,10 @@ def _bench_one_model(name, backend, compiled, args):
     return args.batch / t_inf * 1e3, args.batch / t_train * 1e3, peak
 
 
-GPU_MODELS = "vmamba_tiny,vmamba_small,vmamba_base,local_vmamba_tiny,efficient_vmamba_base,groupmamba_tiny"
-CPU_MODELS = "vmamba_tiny,local_vmamba_tiny,efficient_vmamba_tiny,groupmamba_tiny,convnext_tiny,convnext_atto"
+GPU_MODELS = ("vmamba_tiny,vmamba_small,vmamba_base,local_vmamba_tiny,efficient_vmamba_base,groupmamba_tiny,"
+              "efficientvim_m4")
+CPU_MODELS = ("vmamba_tiny,local_vmamba_tiny,efficient_vmamba_tiny,groupmamba_tiny,efficientvim_m4,convnext_tiny,"
+              "convnext_atto")
 CPU_REFERENCES = (("convnext_tiny", 2.0), ("convnext_atto", 0.0))  # (reference, for models above these GFLOPs)
 
 

@@ -64,6 +64,10 @@ PUBLISHED_GFLOPS = {
     "vssd_tiny": 4.47,
     "vssd_small": 7.37,
     "vssd_base": 16.1,
+    # EfficientViM (timm's model) official README (fvcore); M4 at its 256x256 resolution, not listed here
+    "efficientvim_m1": 0.239,
+    "efficientvim_m2": 0.355,
+    "efficientvim_m3": 0.656,
 }
 
 # ops whose count is already in the one-FLOP-per-multiply-add convention (the scan formulas)

@@ -10,6 +10,8 @@ stages, stage ``i`` producing ``feature_info[i]``), ``feature_info``, ``forward_
 signature), ``set_grad_checkpointing``, and a module-level ``checkpoint_filter_fn(state_dict, model)``.
 The plain (one-width) families Vim and Mamba-ND have ``patch_embed`` and ``layers`` instead: every layer counts
 as a stage, and ``pyramid=True`` turns their stride-16 maps into maps at strides 4 / 8 / 16 / 32.
+timm's own EfficientViM (``efficientvim_m1`` .. ``efficientvim_m4``, ``*_dist``) is served as timm ships it
+(``patch_embed`` and ``stages``): three maps at strides 16 / 32 / 64, official checkpoints through timm's filter.
 """
 from __future__ import annotations
 
@@ -29,8 +31,12 @@ from .._checkpoint import CheckpointMismatchError, remap_state_dict, unwrap_stat
 __all__ = ["VSSMBackbone", "list_archs", "load_backbone_checkpoint"]
 
 
+# timm's own model families that the adapter serves as they are (no vssm re-implementation)
+_TIMM_FAMILIES = ("timm.models.efficientvim",)
+
+
 def list_archs() -> List[str]:
-    """timm model names registered by vssm (the values ``arch`` accepts)."""
+    """timm model names registered by vssm, and those of :data:`_TIMM_FAMILIES` (the values ``arch`` accepts)."""
     import vssm  # noqa: F401  (registers the families)
     out = []
     for name in timm.list_models():
@@ -38,7 +44,7 @@ def list_archs() -> List[str]:
             module = timm.models.model_entrypoint(name).__module__
         except RuntimeError:
             continue
-        if module.startswith("vssm."):
+        if module.startswith("vssm.") or module in _TIMM_FAMILIES:
             out.append(name)
     return sorted(out)
 
@@ -51,7 +57,7 @@ _HEAD_PREFIXES = ("norm.", "head.", "cls_block.", "fc_norm.")
 def _trunk_names(model: nn.Module) -> Tuple[str, str]:
     """Attribute names ``(stem, stages)``: a staged family's ``stem`` / ``stages``, or a plain family's
     ``patch_embed`` / ``layers`` (one layer per 'stage'); ``('', '')`` if neither."""
-    for stem, stages in (("stem", "stages"), ("patch_embed", "layers")):
+    for stem, stages in (("stem", "stages"), ("patch_embed", "layers"), ("patch_embed", "stages")):
         if hasattr(model, stem) and hasattr(model, stages):
             return stem, stages
     return "", ""
@@ -87,7 +93,8 @@ class VSSMBackbone(BaseModule):
 
     Args:
         arch: timm model name registered by vssm (``vmamba_tiny``, ...); see :func:`list_archs`.
-        out_indices: stages whose outputs are returned (0..num_stages-1, strides 4, 8, 16, 32).
+        out_indices: stages whose outputs are returned (0..num_stages-1, strides 4, 8, 16, 32; EfficientViM:
+            0..2, strides 16, 32, 64).
         drop_path_rate: stochastic depth of the timm model (linear over all blocks).
         frozen_stages: -1 trains everything; 0 freezes the stem; k >= 1 freezes the stem and stages
             0..k-1 with their output norms (kept in eval mode, no gradients).
@@ -95,6 +102,8 @@ class VSSMBackbone(BaseModule):
         out_norm: LayerNorm on every returned map (the official detection backbones have one per stage).
         pyramid: plain families only (Vim, Mamba-ND): :class:`SimpleFeaturePyramid` on the maps of
             ``out_indices`` (one layer, or four), returning strides 4 / 8 / 16 / 32 (after the out norms).
+        norm_eval: keep every BatchNorm of the timm model in eval mode while training (running statistics
+            frozen, affine parameters still trained), as the official EfficientViM dense backbones do.
         model_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``scan_backend='triton'``).
         pretrained: shorthand for ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix='backbone.'])``. PATH is an official
@@ -113,6 +122,7 @@ class VSSMBackbone(BaseModule):
             with_cp: bool = False,
             out_norm: bool = True,
             pyramid: bool = False,
+            norm_eval: bool = False,
             model_kwargs: Optional[Dict] = None,
             pretrained: Optional[str] = None,
             init_cfg: Optional[Union[Dict, List[Dict]]] = None,
@@ -190,6 +200,7 @@ class VSSMBackbone(BaseModule):
         if with_cp:
             self.model.set_grad_checkpointing(True)
         self.with_cp = with_cp
+        self.norm_eval = norm_eval
         self._freeze_stages()
 
     # ---- training mode / freezing --------------------------------------------------------------------
@@ -217,6 +228,10 @@ class VSSMBackbone(BaseModule):
     def train(self, mode: bool = True):
         super().train(mode)
         self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     # ---- forward ---------------------------------------------------------------------------------------
