@@ -470,7 +470,8 @@ CPU_REFERENCES = (("convnext_tiny", 2.0), ("convnext_atto", 0.0))  # (reference,
 
 def _peak_rss_added_mib(fn) -> float:
     """Peak resident memory that ``fn()`` adds, in MiB, measured in a forked child (ru_maxrss high-water mark
-    against the child's resident size at its start); NaN where fork is unavailable."""
+    against the child's resident size at its start) on one thread: the parent's OpenMP pool does not survive
+    ``fork``, and a child that enters a parallel region hangs. NaN where fork is unavailable."""
     import resource
     if not hasattr(os, "fork"):
         return float("nan")
@@ -481,6 +482,7 @@ def _peak_rss_added_mib(fn) -> float:
         try:
             with open("/proc/self/statm") as f:
                 start_kib = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            torch.set_num_threads(1)
             fn()
             added = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start_kib) / 1024
             os.write(write, f"{added}".encode())
@@ -688,7 +690,8 @@ def main(argv=None):
     if args.cmd == "compare":
         return compare.run(args)
     if args.cmd == "model" and args.device == "cpu":
-        return bench_models_cpu(args)
+        bench_models_cpu(args)
+        return 0
     if args.cmd == "ssd":
         return bench_ssd(args)
     if not torch.cuda.is_available():
