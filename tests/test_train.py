@@ -86,7 +86,7 @@ def test_resume_is_exact(run_a, tmp_path):
     assert ck1["epoch"] == 1 and ck1["step"] == 4
     out = tmp_path / "run_b"
     # optimizer state as loaded by the engine equals the saved one
-    cfg = C.build_config(base=C.merge(C.DEFAULTS, ck1["config"], "t"))
+    cfg = C.Config.from_dict(C.build_config(base=C.merge(C.DEFAULTS, ck1["config"], "t")))  # the typed view
     import timm
     import vssm  # noqa: F401
     from vssm.engine.optim import build_optimizer, effective_lr

@@ -1,12 +1,29 @@
-"""Per-epoch metrics log (CSV + JSON), per-step CSV, and the loss/accuracy plot."""
+"""The engine's log (``logging``), per-epoch metrics (CSV + JSON), per-step CSV, and the loss/accuracy plot."""
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .checkpoint import atomic_write_text
+
+def setup_logging(is_main: bool, log_file: Optional[Path] = None) -> None:
+    """Messages of the ``vssm.engine`` loggers to stdout (rank 0: info, other ranks: warnings) and, on rank 0,
+    to ``log_file``."""
+    logger = logging.getLogger("vssm.engine")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    handlers = [logging.StreamHandler(sys.stdout)] + ([logging.FileHandler(log_file)] if log_file else [])
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.propagate = False
+
 
 EPOCH_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "top1", "top5", "ema_val_loss", "ema_top1",
                 "ema_top5", "epoch_time_s", "train_img_s"]
