@@ -72,7 +72,8 @@ def prepare_digits(size: int = 32, cache: Optional[Path] = None, verbose: bool =
             g = Image.fromarray((img * 255.0).round().astype(np.uint8), mode="L")
             g = g.resize((size, size), resample=Image.BICUBIC)
             g.convert("RGB").save(d / f"{i:04d}.png")
-        (tmp / DONE_MARKER).write_text(f"sklearn digits, {size}x{size}, val_fraction={VAL_FRACTION}, seed={SPLIT_SEED}\n")
+        (tmp / DONE_MARKER).write_text(f"sklearn digits, {size}x{size}, val_fraction={VAL_FRACTION}, "
+                                       f"seed={SPLIT_SEED}\n")
         try:
             os.replace(tmp, root)                              # atomic when root does not exist yet
         except OSError:

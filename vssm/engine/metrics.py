@@ -90,7 +90,8 @@ def progress_bar(iterable=None, **kwargs):
     return tqdm(iterable, dynamic_ncols=True, **kwargs)
 
 
-def plot_curves(history: List[Dict[str, Any]], steps: Optional[List[Dict[str, float]]], path: Path, title: str = "") -> None:
+def plot_curves(history: List[Dict[str, Any]], steps: Optional[List[Dict[str, float]]], path: Path,
+                title: str = "") -> None:
     try:
         import matplotlib
     except ImportError:
@@ -115,9 +116,10 @@ def plot_curves(history: List[Dict[str, Any]], steps: Optional[List[Dict[str, fl
         ax_a.plot(ep, [r["top5"] for r in history], "o--", label="top-5", alpha=0.6)
         if any(r.get("ema_top1") is not None for r in history):
             ax_a.plot(ep, [r.get("ema_top1") for r in history], "s-", label="EMA top-1")
-    ax_l.set_xlabel("epoch"); ax_l.set_ylabel("loss"); ax_l.set_title("loss"); ax_l.legend(); ax_l.grid(alpha=0.3)
-    ax_a.set_xlabel("epoch"); ax_a.set_ylabel("accuracy (%)"); ax_a.set_title("val accuracy"); ax_a.legend()
-    ax_a.grid(alpha=0.3)
+    for ax, ylabel, axis_title in ((ax_l, "loss", "loss"), (ax_a, "accuracy (%)", "val accuracy")):
+        ax.set(xlabel="epoch", ylabel=ylabel, title=axis_title)
+        ax.legend()
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

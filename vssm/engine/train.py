@@ -39,7 +39,7 @@ from timm.utils import ModelEmaV3, reduce_tensor
 
 from .._checkpoint import UnsafeCheckpointError
 from . import checkpoint
-from . import config as config_schema
+from . import config
 from . import data
 from . import dist
 from .config import Config, ConfigError
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--set aug.mixup=0 --set optim.betas=[0.9,0.95]. Recipes: configs/classification/*.yaml.")
     parser.add_argument("--config", help="recipe YAML (path or name under configs/classification/); "
                                          "default: the digits recipe digits_vmamba_nano")
-    config_schema.add_flags(parser)
+    config.add_flags(parser)
     group = parser.add_argument_group("run")
     group.add_argument("--resume", metavar="CKPT", help="checkpoint to continue from (last.pth, recovery.pth), or "
                                                         "'auto': the newer of the two in --output")
@@ -91,7 +91,7 @@ def _resume_path(args) -> Optional[Path]:
 
 def resolve_args(args) -> Dict[str, Any]:
     """Effective config + resume checkpoint path from parsed args.  Raises ConfigError; does no work."""
-    overrides = [config_schema.flag_overrides(args), config_schema.parse_set(args.set)]
+    overrides = [config.flag_overrides(args), config.parse_set(args.set)]
     resume, base = _resume_path(args), None
     if resume is not None and not args.config:
         try:
@@ -102,7 +102,7 @@ def resolve_args(args) -> Dict[str, Any]:
             raise ConfigError(f"--resume: '{resume}' is not a vssm training checkpoint (no config inside)")
         if not getattr(args, "output.dir"):
             overrides.append({"output": {"dir": str(resume.parent)}})
-    cfg = config_schema.build_config(recipe=args.config, overrides=overrides, base=base)
+    cfg = config.build_config(recipe=args.config, overrides=overrides, base=base)
     return {"cfg": cfg, "resume": str(resume) if resume else None}
 
 
@@ -179,7 +179,7 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
 
 
 def _build_loaders(cfg: Config, env: dist.DistEnv, model: torch.nn.Module, root: Optional[Path]):
-    micro = config_schema.per_rank_batch(cfg, env.world_size)
+    micro = config.per_rank_batch(cfg, env.world_size)
     val_batch = cfg.train.val_batch_size or 2 * micro
     if root is None:
         d = cfg.data
@@ -291,11 +291,11 @@ def setup(cfg: Config, env: dist.DistEnv, resume: Optional[str] = None) -> Run:
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(True, out_dir / "log.txt")
-        checkpoint.atomic_write_text(config_schema.dump(dataclasses.asdict(cfg)), out_dir / "config.yaml")
+        checkpoint.atomic_write_text(config.dump(dataclasses.asdict(cfg)), out_dir / "config.yaml")
         run.metrics.truncate_steps(run.step)
         run.steps_file = run.metrics.open_steps()
     env.barrier()
-    micro = config_schema.per_rank_batch(cfg, env.world_size)
+    micro = config.per_rank_batch(cfg, env.world_size)
     n_params = sum(p.numel() for p in model.parameters())
     _logger.info(
         f"model {cfg.model.name} ({n_params / 1e6:.2f}M params, {num_classes} classes) on {env.device}"
@@ -377,7 +377,7 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
     cfg, env, updates = run.cfg, run.env, run.updates_per_epoch
     progress = run.partial_epoch or {"steps": 0, "loss_sum": 0.0, "time_s": 0.0}
     run.partial_epoch = None
-    micro = config_schema.per_rank_batch(cfg, env.world_size)
+    micro = config.per_rank_batch(cfg, env.world_size)
     run.train_loader.sampler.set_epoch(epoch, skip=progress["steps"] * cfg.train.accum_steps * micro)
     run.model.train()
     bar = None
@@ -500,7 +500,7 @@ def finish(run: Run) -> Dict[str, Any]:
 def train(cfg: Dict[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
     """Run training for an already-resolved config.  Validates it first (ConfigError before any work)."""
     import vssm  # noqa: F401  (registers the vssm models in timm)
-    config_schema.validate_config(cfg)
+    config.validate_config(cfg)
     typed = Config.from_dict(cfg)
     threads_before = torch.get_num_threads()
     env = dist.init(typed.train.device)
@@ -524,8 +524,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         resolved = resolve_args(args)
         if args.print_config:
             import vssm  # noqa: F401
-            config_schema.validate_config(resolved["cfg"])
-            print(config_schema.dump(resolved["cfg"]), end="")
+            config.validate_config(resolved["cfg"])
+            print(config.dump(resolved["cfg"]), end="")
             return 0
         train(resolved["cfg"], resolved["resume"])
     except ConfigError as e:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from timm.utils import accuracy
 
-from . import config as config_schema
+from . import config
 from .metrics import progress_bar, setup_logging
 
 _logger = logging.getLogger("vssm.engine.validate")  # also when run as __main__
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default 128)")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--amp", choices=config_schema.AMP_CHOICES, default=None)
-    p.add_argument("--device", choices=config_schema.DEVICE_CHOICES, default=None)
+    p.add_argument("--amp", choices=config.AMP_CHOICES, default=None)
+    p.add_argument("--device", choices=config.DEVICE_CHOICES, default=None)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--crop-pct", type=float, default=None)
     p.add_argument("--num-classes", type=int, default=None, help="default: number of class folders")
@@ -104,38 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
 def _prepare(args) -> Dict[str, Any]:
     """Config (the checkpoint's, or a recipe's / the ImageNet defaults for official files) and checkpoint."""
     if not Path(args.checkpoint).expanduser().is_file():
-        raise config_schema.ConfigError(f"checkpoint '{args.checkpoint}' not found")
+        raise config.ConfigError(f"checkpoint '{args.checkpoint}' not found")
     from .checkpoint import ema_state_dict, load
     try:
         ckpt = load(str(Path(args.checkpoint).expanduser()))
     except Exception as e:
-        raise config_schema.ConfigError(f"cannot read checkpoint '{args.checkpoint}': {e}") from None
+        raise config.ConfigError(f"cannot read checkpoint '{args.checkpoint}': {e}") from None
     ours = isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "model" in ckpt
     if ours and not args.config:
-        cfg = config_schema.build_config(base=ckpt["config"])
+        cfg = config.build_config(base=ckpt["config"])
     else:
         # an official checkpoint without --config: ImageNet eval settings (224, crop_pct 0.875, bicubic,
         # mean/std from the model's pretrained_cfg)
-        cfg = config_schema.build_config(recipe=args.config) if args.config else config_schema.build_config(base=config_schema.DEFAULTS)
+        cfg = config.build_config(recipe=args.config) if args.config else config.build_config(base=config.DEFAULTS)
         if not ours and not args.model:
-            raise config_schema.ConfigError("this checkpoint carries no config: pass --model NAME (and --data)")
+            raise config.ConfigError("this checkpoint carries no config: pass --model NAME (and --data)")
         if not ours and not args.data and not args.config:
-            raise config_schema.ConfigError("this checkpoint carries no config: pass --data ROOT (ImageFolder with val/)")
+            raise config.ConfigError("this checkpoint carries no config: pass --data ROOT (ImageFolder with val/)")
     flags = {"model": {"name": args.model}, "data": {"root": args.data, "val_split": args.split,
              "img_size": args.img_size, "crop_pct": args.crop_pct, "workers": args.workers},
              "train": {"amp": args.amp, "device": args.device}}
-    cfg = config_schema.merge(cfg, {s: {k: v for k, v in o.items() if v is not None} for s, o in flags.items()}, "command line")
+    flags = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+    cfg = config.merge(cfg, flags, "command line")
     if args.batch_size is not None and args.batch_size < 1:
-        raise config_schema.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise config.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.ema and not (ours and ema_state_dict(ckpt)):
-        raise config_schema.ConfigError("--ema: this checkpoint has no EMA weights")
+        raise config.ConfigError("--ema: this checkpoint has no EMA weights")
     import vssm  # noqa: F401  (registers the vssm models in timm)
-    config_schema.check_values(cfg)
-    config_schema.check_model_name(cfg["model"]["name"])
+    config.check_values(cfg)
+    config.check_model_name(cfg["model"]["name"])
     d = cfg["data"]
     if d["root"] is not None and not (Path(d["root"]).expanduser() / d["val_split"]).is_dir():
-        raise config_schema.ConfigError(f"data root '{d['root']}' has no '{d['val_split']}/' folder")
-    return {"cfg": config_schema.Config.from_dict(cfg), "ckpt": ckpt}
+        raise config.ConfigError(f"data root '{d['root']}' has no '{d['val_split']}/' folder")
+    return {"cfg": config.Config.from_dict(cfg), "ckpt": ckpt}
 
 
 def run(args) -> Dict[str, Any]:
@@ -160,7 +161,7 @@ def run(args) -> Dict[str, Any]:
         try:
             info = load_weights(model, ckpt, prefer_ema=args.ema, strict=True)
         except ValueError as e:
-            raise config_schema.ConfigError(f"{args.checkpoint}: {e} (model {cfg.model.name}, {n_classes} classes)") from None
+            raise config.ConfigError(f"{args.checkpoint}: {e} (model {cfg.model.name}, {n_classes} classes)") from None
         model.to(env.device)
         batch_size = args.batch_size or 128
         mean, std = resolve_norm(cfg, model)
@@ -190,7 +191,7 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except config_schema.ConfigError as e:
+    except config.ConfigError as e:
         parser.error(str(e))  # exits with status 2
     return 0
 
