@@ -215,7 +215,8 @@ def add_flags(parser) -> None:
                                    help=helptext)
             else:
                 scalar = next(a for a in (typing.get_args(tp) or (tp,)) if a is not type(None))
-                group.add_argument(flag, dest=dest, type=scalar, choices=f.metadata["choices"], help=helptext)
+                group.add_argument(flag, dest=dest, type=scalar, choices=f.metadata["choices"], help=helptext,
+                                   metavar=None if f.metadata["choices"] else f.name.upper())
 
 
 def flag_overrides(args) -> Dict[str, Any]:
