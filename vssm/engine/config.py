@@ -71,7 +71,8 @@ class DataConfig:
     train_split: str = option("train")
     val_split: str = option("val")
     img_size: int = option(224, flag="--img-size", lo=8)
-    crop_pct: float = option(0.875, "eval: resize to img_size / crop_pct, center crop img_size", lo=0.05, hi=1.0)
+    crop_pct: float = option(0.875, "eval: resize to img_size / crop_pct, center crop img_size", "--crop-pct", lo=0.05,
+                             hi=1.0)
     interpolation: str = option("bicubic")
     mean: Optional[List[float]] = option(None, "None = the model's pretrained_cfg")
     std: Optional[List[float]] = option(None)
@@ -202,13 +203,14 @@ DEFAULTS: Dict[str, Any] = dataclasses.asdict(Config())
 # ----------------------------------------------------------------------------------------------------
 # flags, --set, merging, recipes
 # ----------------------------------------------------------------------------------------------------
-def add_flags(parser) -> None:
-    """One argparse flag per option that declares one, grouped by section; ``dest`` is ``section.key``."""
+def add_flags(parser, only: Optional[Iterable[str]] = None) -> None:
+    """One argparse flag per option that declares one (of ``only``, ``section.key`` names, when given), grouped
+    by section; ``dest`` is ``section.key``."""
     for section, section_type in _fields(Config):
         group = parser.add_argument_group(section_type.__doc__)
         for f, tp in _fields(section_type):
             flag, dest, helptext = f.metadata["flag"], f"{section.name}.{f.name}", f.metadata["help"] or None
-            if flag is None:
+            if flag is None or (only is not None and dest not in only):
                 continue
             if tp is bool:
                 group.add_argument(flag, dest=dest, action="store_const", const=not flag.startswith("--no-"),

@@ -82,22 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vssm-validate", description="Top-1/top-5 and throughput of a checkpoint "
                                 "(ours or official) on an ImageFolder val split.")
     p.add_argument("--checkpoint", "-c", required=True, help="checkpoint file (ours: last.pth/best.pth; or official)")
-    p.add_argument("--data", help="ImageFolder root containing the val split (default: from the checkpoint's "
-                                  "config; the embedded digits when that had none)")
-    p.add_argument("--split", default=None, help="split folder under --data (default: val)")
-    p.add_argument("--model", help="model name (required for official checkpoints)")
+    p.add_argument("--split", help="split folder under --data (default: val)")
     p.add_argument("--config", help="recipe whose data settings (img_size, crop_pct, ...) to use")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size (default 128)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--amp", choices=config.AMP_CHOICES, default=None)
-    p.add_argument("--device", choices=config.DEVICE_CHOICES, default=None)
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--crop-pct", type=float, default=None)
     p.add_argument("--num-classes", type=int, default=None, help="default: number of class folders")
     p.add_argument("--throughput-iters", type=int, default=20, help="forward-only benchmark iterations (0 = skip)")
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
     p.add_argument("--no-progress", action="store_true")
+    # the model, data and precision flags of vssm-train (default: the checkpoint's config)
+    config.add_flags(p, only=("model.name", "data.root", "data.img_size", "data.crop_pct", "data.workers",
+                              "train.amp", "train.device"))
     return p
 
 
@@ -117,14 +112,13 @@ def _prepare(args) -> Dict[str, Any]:
         # an official checkpoint without --config: ImageNet eval settings (224, crop_pct 0.875, bicubic,
         # mean/std from the model's pretrained_cfg)
         cfg = config.build_config(recipe=args.config) if args.config else config.build_config(base=config.DEFAULTS)
-        if not ours and not args.model:
+        if not ours and not getattr(args, "model.name"):
             raise config.ConfigError("this checkpoint carries no config: pass --model NAME (and --data)")
-        if not ours and not args.data and not args.config:
+        if not ours and not getattr(args, "data.root") and not args.config:
             raise config.ConfigError("this checkpoint carries no config: pass --data ROOT (ImageFolder with val/)")
-    flags = {"model": {"name": args.model}, "data": {"root": args.data, "val_split": args.split,
-             "img_size": args.img_size, "crop_pct": args.crop_pct, "workers": args.workers},
-             "train": {"amp": args.amp, "device": args.device}}
-    flags = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+    flags = config.flag_overrides(args)
+    if args.split:
+        flags.setdefault("data", {})["val_split"] = args.split
     cfg = config.merge(cfg, flags, "command line")
     if args.batch_size is not None and args.batch_size < 1:
         raise config.ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
