@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import family_params, family_test_model
 
 from vssm.engine import config as C
 from vssm.engine import train as T
@@ -86,7 +87,7 @@ def test_resume_is_exact(run_a, tmp_path):
     assert ck1["epoch"] == 1 and ck1["step"] == 4
     out = tmp_path / "run_b"
     # optimizer state as loaded by the engine equals the saved one
-    cfg = C.build_config(base=C.merge(C.DEFAULTS, ck1["config"], "t"))
+    cfg = C.Config.from_dict(C.build_config(base=C.merge(C.DEFAULTS, ck1["config"], "t")))  # the typed view
     import timm
     import vssm  # noqa: F401
     from vssm.engine.optim import build_optimizer, effective_lr
@@ -260,3 +261,75 @@ def test_torchrun_ddp_gloo_ranks_agree(cache, tmp_path):
     assert "x 2 ranks" in p.stdout and "2 x 8 x 2 accum" in p.stdout
     ck = load(str(out / "last.pth"))
     assert ck["meta"]["world_size"] == 2 and len(ck["rng"]) == 2 and ck["step"] == 2
+
+
+def test_killed_mid_epoch_resumes_from_recovery_to_the_same_curve(run_a, cache, tmp_path):
+    """A real SIGKILL of a training process once it has written a mid-epoch recovery checkpoint; ``--resume auto``
+    continues from that step and ends on run_a's per-step losses and weights (the same run, uninterrupted)."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    argv = SMALL + ["--output", str(out), "--set", "model.drop_path_rate=0.1", "--set", "aug.mixup=0.8",
+                    "--recovery-interval", "1"]
+    env = dict(os.environ, VSSM_CACHE=str(cache))
+    proc = subprocess.Popen([sys.executable, "-m", "vssm.engine.train"] + argv, cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    recovery, deadline = out / "recovery.pth", time.time() + 240
+    while not recovery.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    ck = load(str(recovery))                                          # written atomically: complete
+    k = ck["partial_epoch"]["steps"]
+    assert 1 <= k < 4 and ck["step"] == 4 * ck["epoch"] + k           # killed inside an epoch
+    assert not list(out.glob(".*.tmp"))
+    killed_at = ck["step"]
+    assert [s for s, _ in _steps(out)][-1] >= killed_at
+
+    assert T.main(["--resume", "auto", "--output", str(out)]) == 0
+    steps = _steps(out)
+    assert steps == _steps(run_a), (killed_at, steps)                # the same loss at every step, 1..8
+    a, b = load(str(run_a / "last.pth")), load(str(out / "last.pth"))
+    for part in ("model", "state_dict_ema"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    assert a["history"][-1]["top1"] == b["history"][-1]["top1"]
+    assert not recovery.exists()                                     # the epoch checkpoint supersedes it
+
+
+@pytest.mark.parametrize("family", family_params())
+def test_weight_decay_groups_keep_the_ssm_exclusions(family):
+    """timm's create_optimizer_v2 groups (through the models' no_weight_decay()) give no weight decay to exactly
+    the parameters the engine excluded before: 1-D tensors, biases, norm layers, names with one of the keys
+    (A_logs, Ds, dt_projs_bias, ...) and the model's own list; the decay group comes first, as before."""
+    import timm
+    import vssm  # noqa: F401
+    from vssm.engine.optim import build_optimizer
+
+    cfg = C.Config.from_dict(C.build_config(recipe="vmamba_tiny_in1k"))
+    name, kwargs = family_test_model(family)
+    model = timm.create_model(name, num_classes=10, **kwargs)
+    norms = {f"{m}.{p}" for m, mod in model.named_modules() if "norm" in type(mod).__name__.lower()
+             for p, _ in mod.named_parameters(recurse=False)}
+    expected = {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith(".bias") or n in norms
+                or any(k in n for k in cfg.optim.no_weight_decay_keys) or n in set(model.no_weight_decay())}
+    ssm = {n for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert ssm and ssm <= expected                                  # A_logs / Ds (2-D for VMamba) are flagged
+    opt = build_optimizer(model, cfg, 1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert got == expected, sorted(got ^ expected)[:5]
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.optim.weight_decay, 0.0]
+
+
+def test_vmamba_a_logs_are_matrices_without_weight_decay():
+    import timm
+    import vssm  # noqa: F401
+    from vssm.engine.optim import split_weight_decay
+    model = timm.create_model(MODEL, num_classes=10)
+    decay, no_decay = split_weight_decay(model)                     # the models' own no_weight_decay() alone
+    a_logs = [n for n, p in model.named_parameters() if "A_logs" in n and p.ndim == 2]
+    assert a_logs and set(a_logs) <= set(no_decay) and not set(a_logs) & set(decay)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import logging
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,15 +15,18 @@ import torch
 
 from .._checkpoint import load_checkpoint_file
 
+_logger = logging.getLogger(__name__)
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
+
+def _atomic_write(path: Path, mode: str, write) -> None:
+    """``write(file)`` into a temp file beside ``path``, fsync, then ``os.replace`` it over ``path``: a reader
+    (or a run killed meanwhile) sees the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -31,13 +36,17 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
 def atomic_write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    with open(src, "rb") as f:
+        _atomic_write(dst, "wb", lambda out: shutil.copyfileobj(f, out))
 
 
 def rng_state() -> Dict[str, Any]:
@@ -65,7 +74,7 @@ def load(path: str) -> Dict[str, Any]:
     return load_checkpoint_file(path, map_location="cpu")
 
 
-EMA_KEYS = ("state_dict_ema", "ema", "model_ema")  # ours and timm's, ours before state_dict_ema, official
+EMA_KEYS = ("state_dict_ema", "ema", "model_ema")  # timm's (ours), ours before state_dict_ema, official
 
 
 def ema_state_dict(ckpt: Any) -> Optional[Dict[str, torch.Tensor]]:
@@ -78,8 +87,8 @@ def ema_state_dict(ckpt: Any) -> Optional[Dict[str, torch.Tensor]]:
 
 
 def extract_state_dict(ckpt: Any, prefer_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """Weights from ours ({'model', 'state_dict_ema'}; 'ema' in older files), timm's ({'state_dict',
-    'state_dict_ema'}) or official layouts ({'model'}, {'state_dict'}, raw)."""
+    """Weights from ours and timm's ({'state_dict', 'state_dict_ema'}; ours also under 'model', older files only
+    there and with the EMA under 'ema') or official layouts ({'model'}, {'state_dict'}, raw)."""
     if not isinstance(ckpt, dict):
         raise ValueError("checkpoint is not a dict")
     order = (list(EMA_KEYS) if prefer_ema else []) + ["model", "state_dict", "module"]
@@ -106,7 +115,7 @@ def extract_state_dict(ckpt: Any, prefer_ema: bool = False) -> Dict[str, torch.T
 
 
 def load_weights(model: torch.nn.Module, ckpt: Any, prefer_ema: bool = False, strict: bool = False,
-                 log=print) -> Dict[str, Any]:
+                 log=_logger.info) -> Dict[str, Any]:
     """Load weights into ``model``: applies the model module's ``checkpoint_filter_fn`` when it exists
     (official key layouts), drops tensors whose shape differs (e.g. a classifier for another number of
     classes) and reports what was missing/unexpected."""

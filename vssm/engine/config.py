@@ -1,166 +1,250 @@
-"""Configuration for the classification engine.
+"""The configuration schema of the classification engine.
 
-A run is described by one nested dict with fixed sections (model, data, aug, optim, sched, train, ema,
-output).  It is assembled in layers:
+The dataclasses below are the one schema: each option is declared once, with :func:`option` (default, help text,
+optional CLI flag, allowed range or choices), and everything else follows from it:
 
-    built-in defaults  <-  recipe YAML (--config)  <-  named CLI flags  <-  --set key.sub=value
+- ``DEFAULTS``, the nested dict of all defaults; a run's config is a nested dict of that shape (what recipes,
+  ``--set section.key=value``, ``config.yaml`` and the checkpoints hold) and :meth:`Config.from_dict` gives the
+  typed view the engine reads;
+- :func:`add_flags` makes the argparse flags, :func:`merge` is the one merge rule (mappings merge key by key,
+  anything else, lists and ``model.kwargs`` included, is replaced; a key the schema lacks is an error);
+- :func:`validate_config` checks every value against its declared type, range and choices, then the rules
+  between options, before any data is touched or any process group exists.
 
-Every key that a layer sets must already exist in the defaults, so a typo is an error instead of a
-silently ignored option.  The effective config is written next to the checkpoints as ``config.yaml``.
+Dataclasses rather than pydantic or OmegaConf: the standard library does it, no new dependency, and the config
+stays a plain dict of Python values in checkpoints (loadable with ``weights_only=True``).
 
-With no data root the engine trains on the embedded digits dataset; :data:`DIGITS_RECIPE` holds the
-settings of that default run (small model, 32x32 images, short schedule).
+Layers: recipe YAML (``--config``, ``_base_`` inheritance; without one the digits recipe installed with vssm,
+``vssm.recipes/digits_vmamba_nano.yaml``) <- named flags <- ``--set``.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib.resources
 import importlib.util
 import os
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
+
+AMP_CHOICES = ("none", "bf16", "fp16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEFAULT_RECIPE = "digits_vmamba_nano"
 
 
 class ConfigError(ValueError):
     """A bad argument or config value, detected before any work starts."""
 
 
-# ----------------------------------------------------------------------------------------------------
-# defaults: the official VMamba ImageNet-1K recipe (Swin/DeiT style).  Recipes override parts of it.
-# ----------------------------------------------------------------------------------------------------
-DEFAULTS: Dict[str, Any] = {
-    "model": {
-        "name": "vmamba_tiny",
-        "pretrained": None,          # path to a checkpoint (ours or official) to initialise from
-        "drop_path_rate": 0.2,
-        "drop_rate": None,           # classifier dropout; None = model default
-        "grad_checkpointing": False,
-        "kwargs": {},                # extra keyword arguments for timm.create_model
-    },
-    "data": {
-        "root": None,                # ImageFolder root with train/ and val/; None = embedded digits
-        "synthetic": False,          # random ImageNet-shaped tensors made on the device (benchmarks)
-        "synthetic_classes": 1000,
-        "synthetic_train_size": 51200,
-        "synthetic_val_size": 2048,
-        "train_split": "train",
-        "val_split": "val",
-        "img_size": 224,
-        "crop_pct": 0.875,           # eval: resize to img_size / crop_pct, then center crop img_size
-        "interpolation": "bicubic",
-        "mean": None,                # None = model's pretrained_cfg, else ImageNet
-        "std": None,
-        "workers": 8,
-        "pin_memory": True,
-        "persistent_workers": True,
-    },
-    "aug": {
-        "scale": [0.08, 1.0],        # RandomResizedCrop area range
-        "ratio": [0.75, 1.3333333333],
-        "hflip": 0.5,
-        "color_jitter": 0.4,
-        "auto_augment": "rand-m9-mstd0.5-inc1",
-        "re_prob": 0.25,             # random erasing
-        "re_mode": "pixel",
-        "re_count": 1,
-        "mixup": 0.8,
-        "cutmix": 1.0,
-        "mixup_prob": 1.0,
-        "mixup_switch_prob": 0.5,
-        "mixup_mode": "batch",
-        "label_smoothing": 0.1,
-    },
-    "optim": {
-        "name": "adamw",
-        "lr": 1.0e-3,                # for batch_size = lr_ref_batch (when set)
-        "lr_ref_batch": 1024,        # None = use lr as is; else lr *= batch_size / lr_ref_batch
-        "weight_decay": 0.05,
-        "betas": [0.9, 0.999],
-        "eps": 1.0e-8,
-        "clip_grad": 5.0,            # max global grad norm; None/0 = off
-        # parameters whose name contains one of these get no weight decay (besides 1-D params, biases,
-        # norm weights and whatever model.no_weight_decay() returns)
-        "no_weight_decay_keys": ["A_logs", "Ds", "dt_projs_bias", "pos_embed", "absolute_pos_embed",
-                                 "relative_position_bias_table", "cls_token"],
-    },
-    "sched": {
-        "epochs": 300,
-        "warmup_epochs": 20,
-        "warmup_lr": 1.0e-6,
-        "min_lr": 1.0e-5,
-    },
-    "train": {
-        "batch_size": 1024,          # GLOBAL batch per optimizer step (all ranks x accumulation)
-        "accum_steps": 1,
-        "amp": "bf16",               # none | bf16 | fp16 (fp16 uses a GradScaler, CUDA only)
-        "compile": False,
-        "channels_last": False,
-        "seed": 0,
-        "device": "auto",            # auto | cpu | cuda
-        "threads": None,             # torch intra-op CPU threads per process; None = torch's default
-        "max_steps_per_epoch": None, # cap optimizer steps per epoch (smoke tests)
-        "val_batch_size": None,      # per rank; None = per-rank train micro-batch x 2
-    },
-    "ema": {
-        "enabled": True,
-        "decay": 0.9999,
-        "warmup": False,             # timm ModelEmaV3 decay warmup
-    },
-    "distill": {                     # DeiT/GroupMamba knowledge distillation (active when teacher is set)
-        "teacher": None,             # timm/vssm model name of the frozen teacher
-        "teacher_checkpoint": None,  # its weights (local file; nothing is downloaded)
-        "kind": "hard",              # hard | soft | none
-        "alpha": 0.5,
-        "tau": 1.0,
-    },
-    "output": {
-        "dir": None,                 # exact run directory; None = <root>/<model>-<dataset>-<time>
-        "root": "output/train",
-        "keep_epochs": 0,            # also keep checkpoint-<epoch>.pth for the last N epochs (0 = only last/best)
-        "plot": True,
-        "progress": True,
-    },
-}
-
-# The embedded default: a small vssm on handwritten digits, a few minutes on 2 CPU cores.
-DIGITS_RECIPE: Dict[str, Any] = {
-    "model": {"name": "vmamba_nano", "drop_path_rate": 0.0},
-    "data": {"root": None, "img_size": 32, "crop_pct": 1.0, "interpolation": "bilinear",
-             "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-             "workers": 1, "pin_memory": False, "persistent_workers": True},
-    # digits are not mirror symmetric: no flips; gentle crops; light RandAugment/erasing/mixup
-    "aug": {"scale": [0.6, 1.0], "ratio": [0.8, 1.25], "hflip": 0.0, "color_jitter": 0.0,
-            "auto_augment": "rand-m5-n1-mstd0.5", "re_prob": 0.1, "re_mode": "pixel",
-            "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.1},
-    "optim": {"lr": 3.0e-3, "lr_ref_batch": None, "weight_decay": 0.05, "clip_grad": 5.0},
-    "sched": {"epochs": 12, "warmup_epochs": 1, "warmup_lr": 1.0e-5, "min_lr": 1.0e-5},
-    # one compute thread (+ one data worker): on a small shared CPU, OpenMP threads that get preempted make
-    # a 2-thread step 5-10x slower than a 1-thread step for a model this small
-    "train": {"batch_size": 64, "amp": "none", "device": "auto", "threads": 1},
-    "ema": {"enabled": True, "decay": 0.99, "warmup": True},
-}
-
-AMP_CHOICES = ("none", "bf16", "fp16")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+def option(default: Any, help: str = "", flag: Optional[str] = None, choices: Optional[Iterable] = None,
+           lo: Optional[float] = None, hi: Optional[float] = None, above: Optional[float] = None):
+    """A config field: ``flag`` names its CLI flag (a bool flag ``--no-x`` sets False, others True), ``lo`` /
+    ``hi`` bound it (inclusive), ``above`` from below (exclusive)."""
+    return field(default_factory=lambda: copy.deepcopy(default),
+                 metadata=dict(help=help, flag=flag, choices=tuple(choices) if choices else None, lo=lo, hi=hi,
+                               above=above))
 
 
+@dataclass
+class ModelConfig:
+    """model"""
+    name: str = option("vmamba_tiny", "registered model name, e.g. vmamba_tiny", "--model")
+    pretrained: Optional[str] = option(None, "initialise from a checkpoint (ours or official)", "--pretrained")
+    drop_path_rate: Optional[float] = option(0.2, "stochastic depth rate", "--drop-path", lo=0)
+    drop_rate: Optional[float] = option(None, "classifier dropout; None = model default", lo=0)
+    grad_checkpointing: bool = option(False, "activation checkpointing", "--grad-checkpointing")
+    kwargs: Dict[str, Any] = option({}, "extra keyword arguments for timm.create_model")
+
+
+@dataclass
+class DataConfig:
+    """recipe and data"""
+    root: Optional[str] = option(None, "ImageFolder root with train/ and val/ (default: embedded digits)", "--data")
+    synthetic: bool = option(False, "random ImageNet-shaped tensors on the device (throughput runs)", "--synthetic")
+    synthetic_classes: int = option(1000, lo=1)
+    synthetic_train_size: int = option(51200, lo=1)
+    synthetic_val_size: int = option(2048, lo=1)
+    train_split: str = option("train")
+    val_split: str = option("val")
+    img_size: int = option(224, flag="--img-size", lo=8)
+    crop_pct: float = option(0.875, "eval: resize to img_size / crop_pct, center crop img_size", "--crop-pct", lo=0.05,
+                             hi=1.0)
+    interpolation: str = option("bicubic")
+    mean: Optional[List[float]] = option(None, "None = the model's pretrained_cfg")
+    std: Optional[List[float]] = option(None)
+    workers: int = option(8, flag="--workers", lo=0)
+    pin_memory: bool = option(True)
+    persistent_workers: bool = option(True)
+
+
+@dataclass
+class AugConfig:
+    """augmentation"""
+    scale: List[float] = option([0.08, 1.0], "RandomResizedCrop area range")
+    ratio: List[float] = option([0.75, 1.3333333333])
+    hflip: float = option(0.5, lo=0)
+    color_jitter: Optional[float] = option(0.4, lo=0)
+    auto_augment: Optional[str] = option("rand-m9-mstd0.5-inc1")
+    re_prob: float = option(0.25, "random erasing probability", lo=0)
+    re_mode: str = option("pixel")
+    re_count: int = option(1, lo=1)
+    mixup: float = option(0.8, lo=0)
+    cutmix: float = option(1.0, lo=0)
+    mixup_prob: float = option(1.0, lo=0)
+    mixup_switch_prob: float = option(0.5, lo=0)
+    mixup_mode: str = option("batch", choices=("batch", "pair", "elem"))
+    label_smoothing: float = option(0.1, "below 1", lo=0)
+
+
+@dataclass
+class OptimConfig:
+    """optimisation"""
+    name: str = option("adamw", choices=("adamw",))
+    lr: float = option(1.0e-3, "learning rate at the global batch lr_ref_batch", "--lr", above=0)
+    lr_ref_batch: Optional[int] = option(1024, "None = lr as is; else lr *= batch_size / lr_ref_batch", lo=1)
+    weight_decay: float = option(0.05, flag="--weight-decay", lo=0)
+    betas: List[float] = option([0.9, 0.999])
+    eps: float = option(1.0e-8, lo=0)
+    clip_grad: Optional[float] = option(5.0, "max global grad norm; None/0 = off", "--clip-grad", lo=0)
+    # besides 1-D tensors, biases and the model's no_weight_decay() (the SSM parameters are flagged there)
+    no_weight_decay_keys: List[str] = option(
+        ["A_logs", "Ds", "dt_projs_bias", "pos_embed", "absolute_pos_embed", "relative_position_bias_table",
+         "cls_token"], "parameters whose name contains one of these get no weight decay")
+
+
+@dataclass
+class SchedConfig:
+    """schedule"""
+    epochs: int = option(300, flag="--epochs", lo=1)
+    warmup_epochs: float = option(20, flag="--warmup-epochs", lo=0)
+    warmup_lr: float = option(1.0e-6, lo=0)
+    min_lr: float = option(1.0e-5, lo=0)
+
+
+@dataclass
+class TrainConfig:
+    """training"""
+    batch_size: int = option(1024, "GLOBAL batch per optimizer step (all ranks x accumulation)", "--batch-size", lo=1)
+    accum_steps: int = option(1, "gradient accumulation steps", "--accum-steps", lo=1)
+    amp: str = option("bf16", "fp16 uses a GradScaler (CUDA only)", "--amp", choices=AMP_CHOICES)
+    compile: bool = option(False, "torch.compile the model", "--compile")
+    channels_last: bool = option(False, flag="--channels-last")
+    seed: int = option(0, flag="--seed")
+    device: str = option("auto", flag="--device", choices=DEVICE_CHOICES)
+    threads: Optional[int] = option(None, "torch CPU threads per process; None = torch's default", "--threads", lo=1)
+    max_steps_per_epoch: Optional[int] = option(None, "cap optimizer steps per epoch (smoke runs)",
+                                                "--max-steps-per-epoch", lo=1)
+    val_batch_size: Optional[int] = option(None, "per rank; None = 2 x the per-rank micro-batch", lo=1)
+
+
+@dataclass
+class EmaConfig:
+    """EMA of weights"""
+    enabled: bool = option(True, "disable the EMA of weights", "--no-ema")
+    decay: float = option(0.9999, flag="--ema-decay", lo=0, hi=1)
+    warmup: bool = option(False, "timm ModelEmaV3 decay warmup")
+
+
+@dataclass
+class DistillConfig:
+    """distillation (DeiT / GroupMamba)"""
+    teacher: Optional[str] = option(None, "frozen teacher model name (enables distillation)", "--teacher")
+    teacher_checkpoint: Optional[str] = option(None, "teacher weights (local file)", "--teacher-checkpoint")
+    kind: str = option("hard", flag="--distill-type", choices=("hard", "soft", "none"))
+    alpha: float = option(0.5, flag="--distill-alpha", lo=0, hi=1)
+    tau: float = option(1.0, flag="--distill-tau", above=0)
+
+
+@dataclass
+class OutputConfig:
+    """output"""
+    dir: Optional[str] = option(None, "run directory (default: <root>/<model>-<data>-<time>)", "--output")
+    root: str = option("output/train")
+    keep_epochs: int = option(0, "also keep checkpoint-<epoch>.pth of the last N epochs", "--keep-epochs", lo=0)
+    recovery_interval: int = option(0, "write recovery.pth every N optimizer steps inside an epoch (0 = off)",
+                                    "--recovery-interval", lo=0)
+    plot: bool = option(True, "no curves.png", "--no-plot")
+    progress: bool = option(True, "no progress bar", "--no-progress")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def from_dict(cls, cfg: Dict[str, Any]) -> "Config":
+        return cls(**{name: section(**cfg[name]) for name, section in _types(cls).items()})
+
+
+def _types(schema: type) -> Dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
+def _fields(schema: type):
+    hints = _types(schema)
+    return [(f, hints[f.name]) for f in dataclasses.fields(schema)]
+
+
+DEFAULTS: Dict[str, Any] = dataclasses.asdict(Config())
+
+
 # ----------------------------------------------------------------------------------------------------
-# merging and overrides
+# flags, --set, merging, recipes
 # ----------------------------------------------------------------------------------------------------
-def merge(base: Dict[str, Any], update: Dict[str, Any], origin: str, prefix: str = "") -> Dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base``; unknown keys raise ConfigError."""
-    out = copy.deepcopy(base)
+def add_flags(parser, only: Optional[Iterable[str]] = None) -> None:
+    """One argparse flag per option that declares one (of ``only``, ``section.key`` names, when given), grouped
+    by section; ``dest`` is ``section.key``."""
+    for section, section_type in _fields(Config):
+        group = parser.add_argument_group(section_type.__doc__)
+        for f, tp in _fields(section_type):
+            flag, dest, helptext = f.metadata["flag"], f"{section.name}.{f.name}", f.metadata["help"] or None
+            if flag is None or (only is not None and dest not in only):
+                continue
+            if tp is bool:
+                group.add_argument(flag, dest=dest, action="store_const", const=not flag.startswith("--no-"),
+                                   help=helptext)
+            else:
+                scalar = next(a for a in (typing.get_args(tp) or (tp,)) if a is not type(None))
+                group.add_argument(flag, dest=dest, type=scalar, choices=f.metadata["choices"], help=helptext,
+                                   metavar=None if f.metadata["choices"] else f.name.upper())
+
+
+def flag_overrides(args) -> Dict[str, Any]:
+    """The options set by flags (parsed by :func:`add_flags`) as a nested dict."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, key = dest.split(".", 1)
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def merge(base: Dict[str, Any], update: Dict[str, Any], origin: str, schema: type = Config,
+          prefix: str = "") -> Dict[str, Any]:
+    """``update`` merged into a copy of ``base`` (either may be partial): sections merge key by key, values
+    replace; a key the schema does not have raises ConfigError."""
     if not isinstance(update, dict):
         raise ConfigError(f"{origin}: expected a mapping at '{prefix or '<top>'}', got {type(update).__name__}")
+    known = _types(schema)
+    out = copy.deepcopy(base)
     for key, value in update.items():
         path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in out:
-            known = ", ".join(sorted(out)) if isinstance(out, dict) else ""
-            raise ConfigError(f"{origin}: unknown config key '{path}' (known keys here: {known})")
-        # free-form dicts (model.kwargs) take the value as is
-        if isinstance(out[key], dict) and isinstance(value, dict) and out[key] and path != "model.kwargs":
-            out[key] = merge(out[key], value, origin, path)
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown config key '{path}' (known keys here: {', '.join(known)})")
+        if dataclasses.is_dataclass(known[key]):
+            out[key] = merge(out.get(key, {}), value, origin, known[key], path)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -170,23 +254,20 @@ def parse_set(items: Iterable[str]) -> Dict[str, Any]:
     """``["optim.lr=1e-3", "aug.scale=[0.5,1]"]`` -> nested dict (values parsed as YAML)."""
     nested: Dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key.sub=value, got '{item}'")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
             raise ConfigError(f"--set expects key.sub=value, got '{item}'")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item}: cannot parse value: {e}") from None
+        *sections, leaf = key.strip().split(".")
         node = nested
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
+        for part in sections:
+            node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item}: '{p}' is set both as a value and as a section")
-        node[parts[-1]] = value
+                raise ConfigError(f"--set {item}: '{part}' is set both as a value and as a section")
+        node[leaf] = value
     return nested
 
 
@@ -195,47 +276,28 @@ def recipe_dirs() -> List[Path]:
     (the package ``vssm.recipes``: the checkout's configs/classification in an editable install)."""
     spec = importlib.util.find_spec("vssm.recipes")
     installed = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    dirs = [Path.cwd() / "configs" / "classification", *installed]
-    out: List[Path] = []
-    for d in dirs:
-        if d not in out:
-            out.append(d)
-    return out
+    return list(dict.fromkeys([Path.cwd() / "configs" / "classification", *installed]))
 
 
 def resolve_recipe(name: str) -> Path:
-    p = Path(name).expanduser()
-    if p.is_file():
-        return p
-    candidates = []
-    if p.suffix not in (".yaml", ".yml") and os.sep not in name:
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix not in (".yaml", ".yml") and os.sep not in name:
         for d in recipe_dirs():
-            for ext in (".yaml", ".yml"):
-                candidates.append(d / f"{name}{ext}")
-    for c in candidates:
-        if c.is_file():
-            return c
-    avail = sorted({c.stem for d in recipe_dirs() if d.is_dir() for c in d.glob("*.y*ml")})
-    raise ConfigError(f"config '{name}' not found (not a file; known recipes: {', '.join(avail) or 'none'})")
+            for candidate in (d / f"{name}.yaml", d / f"{name}.yml"):
+                if candidate.is_file():
+                    return candidate
+    known = sorted({c.stem for d in recipe_dirs() if d.is_dir() for c in d.glob("*.y*ml")})
+    raise ConfigError(f"config '{name}' not found (not a file; known recipes: {', '.join(known) or 'none'})")
 
 
-def _deep_update(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
-            out[k] = _deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def load_recipe(name: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Read a recipe; a ``_base_: other_recipe`` key inherits from another recipe (same lookup rules)."""
+def load_recipe(name: str, _seen: Iterable[str] = ()) -> Dict[str, Any]:
+    """A recipe as a (partial) config dict; ``_base_: other`` inherits from another recipe (a path relative to
+    this file, or a recipe name)."""
     path = resolve_recipe(name)
-    seen = list(_seen or [])
-    if str(path.resolve()) in seen:
+    if str(path.resolve()) in _seen:
         raise ConfigError(f"config {path}: circular _base_ chain")
-    seen.append(str(path.resolve()))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -243,26 +305,25 @@ def load_recipe(name: str, _seen: Optional[List[str]] = None) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: top level must be a mapping")
     base = data.pop("_base_", None)
-    if base:
-        cand = path.parent / base
-        ref = str(cand) if cand.is_file() else str(base)
-        data = _deep_update(load_recipe(ref, seen), data)
-    return data
+    if not base:
+        return merge({}, data, f"config {path}")
+    sibling = path.parent / base
+    parent = load_recipe(str(sibling) if sibling.is_file() else base, [*_seen, str(path.resolve())])
+    return merge(parent, data, f"config {path}")
 
 
 def build_config(recipe: Optional[str] = None, overrides: Optional[List[Dict[str, Any]]] = None,
                  base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """defaults <- (digits default when no recipe and no base) <- recipe <- overrides (in order)."""
+    """``base`` (else the defaults <- the recipe, by default the installed digits recipe) <- overrides."""
     if base is not None:
-        cfg = copy.deepcopy(base)
+        cfg = merge(DEFAULTS, base, "base config")
+    elif recipe is None:
+        default = importlib.resources.files("vssm.recipes") / f"{DEFAULT_RECIPE}.yaml"
+        cfg = merge(DEFAULTS, load_recipe(str(default)), "built-in digits recipe")
     else:
-        cfg = copy.deepcopy(DEFAULTS)
-        if recipe is None:
-            cfg = merge(cfg, DIGITS_RECIPE, "built-in digits recipe")
-        else:
-            cfg = merge(cfg, load_recipe(recipe), f"config {recipe}")
-    for i, ov in enumerate(overrides or []):
-        cfg = merge(cfg, ov, "command line")
+        cfg = merge(DEFAULTS, load_recipe(recipe), f"config {recipe}")
+    for update in overrides or []:
+        cfg = merge(cfg, update, "command line")
     return cfg
 
 
@@ -272,6 +333,38 @@ def build_config(recipe: Optional[str] = None, overrides: Optional[List[Dict[str
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union:
+        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
+    if typing.get_origin(tp) is list:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value)
+    if typing.get_origin(tp) is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_values(cfg: Dict[str, Any], schema: type = Config, prefix: str = "") -> None:
+    """Every value against the type, range and choices its option declares."""
+    for f, tp in _fields(schema):
+        path, value = f"{prefix}{f.name}", cfg[f.name]
+        if dataclasses.is_dataclass(tp):
+            check_values(value, tp, path + ".")
+            continue
+        m = f.metadata
+        _require(_type_ok(value, tp), f"{path} must be of type {getattr(tp, '__name__', tp)}, got {value!r}")
+        if m["choices"]:
+            _require(value in m["choices"], f"{path} must be one of {m['choices']}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _require(m["lo"] is None or value >= m["lo"], f"{path} must be >= {m['lo']}, got {value}")
+            _require(m["hi"] is None or value <= m["hi"], f"{path} must be <= {m['hi']}, got {value}")
+            _require(m["above"] is None or value > m["above"], f"{path} must be > {m['above']}, got {value}")
 
 
 def world_size_from_env() -> int:
@@ -286,19 +379,18 @@ def check_data_root(root: Optional[str], splits: Iterable[str]) -> None:
         return
     r = Path(root).expanduser()
     _require(r.is_dir(), f"data root '{root}' does not exist or is not a directory")
-    class_sets = {}
+    class_sets = []
     for split in splits:
         d = r / split
         _require(d.is_dir(), f"data root '{root}' has no '{split}/' folder (expected ImageNet layout "
                              f"<root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg)")
         classes = sorted(e.name for e in d.iterdir() if e.is_dir())
         _require(len(classes) > 0, f"'{d}' contains no class sub-folders (expected <split>/<class>/<images>)")
-        class_sets[split] = classes
-    sets = list(class_sets.values())
-    if len(sets) == 2 and sets[0] != sets[1]:
-        a, b = (set(s) for s in sets)
-        diff = sorted(a ^ b)[:5]
-        raise ConfigError(f"train and val class folders differ ({len(a)} vs {len(b)} classes; e.g. {diff})")
+        class_sets.append(set(classes))
+    if len(class_sets) == 2 and class_sets[0] != class_sets[1]:
+        a, b = class_sets
+        raise ConfigError(f"train and val class folders differ ({len(a)} vs {len(b)} classes; "
+                          f"e.g. {sorted(a ^ b)[:5]})")
 
 
 def check_model_name(name: str) -> None:
@@ -311,108 +403,52 @@ def check_model_name(name: str) -> None:
                           f"vssm models are registered by `import vssm`.")
 
 
-def per_rank_batch(cfg: Dict[str, Any], world_size: int) -> int:
-    t = cfg["train"]
-    return t["batch_size"] // (world_size * t["accum_steps"])
+def per_rank_batch(cfg: Config, world_size: int) -> int:
+    return cfg.train.batch_size // (world_size * cfg.train.accum_steps)
 
 
 def validate_config(cfg: Dict[str, Any], world_size: Optional[int] = None, cuda_available: Optional[bool] = None,
                     check_paths: bool = True, check_model: bool = True) -> None:
     """Raise ConfigError with a clear message for any bad value.  Cheap: touches no data."""
     import torch
+    check_values(cfg)
+    c = Config.from_dict(cfg)
     ws = world_size_from_env() if world_size is None else world_size
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-    t, s, o, a, d, e = cfg["train"], cfg["sched"], cfg["optim"], cfg["aug"], cfg["data"], cfg["ema"]
-
-    def _int(v, name, lo):
-        _require(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"{name} must be an integer >= {lo}, got {v!r}")
-
-    def _num(v, name, lo=None, hi=None, allow_none=False):
-        if v is None and allow_none:
-            return
-        _require(isinstance(v, (int, float)) and not isinstance(v, bool), f"{name} must be a number, got {v!r}")
-        _require(lo is None or v >= lo, f"{name} must be >= {lo}, got {v}")
-        _require(hi is None or v <= hi, f"{name} must be <= {hi}, got {v}")
-
-    _int(ws, "world size", 1)
-    _int(t["batch_size"], "train.batch_size", 1)
-    _int(t["accum_steps"], "train.accum_steps", 1)
-    _int(s["epochs"], "sched.epochs", 1)
-    _num(s["warmup_epochs"], "sched.warmup_epochs", 0)
-    _require(s["warmup_epochs"] < s["epochs"] or s["warmup_epochs"] == 0,
-             f"sched.warmup_epochs ({s['warmup_epochs']}) must be smaller than sched.epochs ({s['epochs']})")
-    _num(o["lr"], "optim.lr", 0)
-    _require(o["lr"] > 0, f"optim.lr must be > 0, got {o['lr']}")
-    _num(o["weight_decay"], "optim.weight_decay", 0)
-    _num(o["clip_grad"], "optim.clip_grad", 0, allow_none=True)
-    if o["lr_ref_batch"] is not None:
-        _int(o["lr_ref_batch"], "optim.lr_ref_batch", 1)
-    _require(o["name"] in ("adamw",), f"optim.name: only 'adamw' is supported, got {o['name']!r}")
-    _num(s["min_lr"], "sched.min_lr", 0)
-    _num(s["warmup_lr"], "sched.warmup_lr", 0)
-    _require(t["amp"] in AMP_CHOICES, f"train.amp must be one of {AMP_CHOICES}, got {t['amp']!r}")
-    _require(t["device"] in DEVICE_CHOICES, f"train.device must be one of {DEVICE_CHOICES}, got {t['device']!r}")
-    if t["device"] == "cuda":
-        _require(cuda, "train.device=cuda but CUDA is not available")
-    on_cuda = cuda and t["device"] != "cpu"
-    _require(not (t["amp"] == "fp16" and not on_cuda),
+    _require(isinstance(ws, int) and ws >= 1, f"world size must be an integer >= 1, got {ws!r}")
+    _require(c.sched.warmup_epochs < c.sched.epochs or c.sched.warmup_epochs == 0,
+             f"sched.warmup_epochs ({c.sched.warmup_epochs}) must be smaller than sched.epochs ({c.sched.epochs})")
+    _require(c.aug.label_smoothing < 1, f"aug.label_smoothing must be < 1, got {c.aug.label_smoothing}")
+    _require(c.train.device != "cuda" or cuda, "train.device=cuda but CUDA is not available")
+    _require(c.train.amp != "fp16" or (cuda and c.train.device != "cpu"),
              "train.amp=fp16 needs a CUDA device (GradScaler); on CPU use --amp bf16 or --amp none")
-    if t["threads"] is not None:
-        _int(t["threads"], "train.threads", 1)
-    if t["max_steps_per_epoch"] is not None:
-        _int(t["max_steps_per_epoch"], "train.max_steps_per_epoch", 1)
-    if t["val_batch_size"] is not None:
-        _int(t["val_batch_size"], "train.val_batch_size", 1)
-    _int(d["img_size"], "data.img_size", 8)
-    _num(d["crop_pct"], "data.crop_pct", 0.05, 1.0)
-    _int(d["workers"], "data.workers", 0)
-    _num(e["decay"], "ema.decay", 0.0, 1.0)
-    for k in ("mixup", "cutmix", "label_smoothing", "re_prob", "hflip", "mixup_prob", "mixup_switch_prob"):
-        _num(a[k], f"aug.{k}", 0)
-    _require(a["label_smoothing"] < 1, f"aug.label_smoothing must be < 1, got {a['label_smoothing']}")
-    _require(a["mixup_mode"] in ("batch", "pair", "elem"), f"aug.mixup_mode must be batch|pair|elem, got {a['mixup_mode']!r}")
-    _require(isinstance(d["interpolation"], str), "data.interpolation must be a string")
-
-    # the global batch must split evenly over ranks and accumulation steps
-    denom = ws * t["accum_steps"]
-    _require(t["batch_size"] % denom == 0,
-             f"train.batch_size={t['batch_size']} is not divisible by world_size x accum_steps = "
-             f"{ws} x {t['accum_steps']} = {denom}; pick a multiple of {denom}")
-    micro = per_rank_batch(cfg, ws)
-    if (a["mixup"] > 0 or a["cutmix"] > 0) and a["mixup_mode"] != "elem":
+    denom = ws * c.train.accum_steps   # the global batch splits evenly over ranks and accumulation steps
+    _require(c.train.batch_size % denom == 0,
+             f"train.batch_size={c.train.batch_size} is not divisible by world_size x accum_steps = "
+             f"{ws} x {c.train.accum_steps} = {denom}; pick a multiple of {denom}")
+    micro = per_rank_batch(c, ws)
+    if (c.aug.mixup > 0 or c.aug.cutmix > 0) and c.aug.mixup_mode != "elem":
         _require(micro % 2 == 0, f"mixup/cutmix needs an even per-rank micro-batch, got {micro} "
-                                 f"(batch_size {t['batch_size']} / {ws} ranks / {t['accum_steps']} accum steps)")
-
-    k = cfg["distill"]
-    _require(k["kind"] in ("hard", "soft", "none"), f"distill.kind must be hard|soft|none, got {k['kind']!r}")
-    _num(k["alpha"], "distill.alpha", 0.0, 1.0)
-    _num(k["tau"], "distill.tau", 0.0)
-    _require(k["tau"] > 0, "distill.tau must be > 0")
-
-    if check_paths and not d["synthetic"]:
-        check_data_root(d["root"], (d["train_split"], d["val_split"]))
-        tc = k["teacher_checkpoint"]
-        _require(tc is None or Path(tc).expanduser().is_file(), f"distill.teacher_checkpoint: '{tc}' not found")
-        p = cfg["model"]["pretrained"]
-        _require(p is None or Path(p).expanduser().is_file(), f"model.pretrained: checkpoint '{p}' not found")
+                                 f"(batch_size {c.train.batch_size} / {ws} ranks / {c.train.accum_steps} accum steps)")
+    if check_paths and not c.data.synthetic:
+        check_data_root(c.data.root, (c.data.train_split, c.data.val_split))
+        for name, path in (("distill.teacher_checkpoint", c.distill.teacher_checkpoint),
+                           ("model.pretrained", c.model.pretrained)):
+            _require(path is None or Path(path).expanduser().is_file(), f"{name}: checkpoint '{path}' not found")
     if check_model:
-        check_model_name(cfg["model"]["name"])
-        if k["teacher"]:
-            check_model_name(k["teacher"])
+        check_model_name(c.model.name)
+        if c.distill.teacher:
+            check_model_name(c.distill.teacher)
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    """Block mappings, one-line lists."""
 
 
-def _flow_list(dumper, data):
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
-
-
-_Dumper.add_representer(list, _flow_list)
-_Dumper.add_representer(tuple, _flow_list)
+_Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data,
+                                                                              flow_style=True))
 
 
 def dump(cfg: Dict[str, Any]) -> str:
-    """YAML text of a config: block mappings, one-line lists."""
+    """YAML text of a config."""
     return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, default_flow_style=False)

@@ -2,42 +2,38 @@
 
 Training augmentation is made a pure function of (seed, epoch, sample index): each sample reseeds the
 random generators before its transform runs.  Results therefore do not depend on the number of
-workers or on whether a run was resumed, and ``--resume`` reproduces an uninterrupted run.
+workers or on whether a run was resumed, and ``--resume`` reproduces an uninterrupted run, also from a
+mid-epoch recovery checkpoint (the samplers skip the batches already trained on).
 """
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
+from timm.data import Mixup, create_transform
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def resolve_norm(cfg, model: Optional[torch.nn.Module] = None) -> Tuple[tuple, tuple]:
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = cfg.data.mean if cfg.data.mean is not None else pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)
+    std = cfg.data.std if cfg.data.std is not None else pretrained_cfg.get("std", IMAGENET_DEFAULT_STD)
+    return tuple(mean), tuple(std)
 
 
-def resolve_norm(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> Tuple[tuple, tuple]:
-    d = cfg["data"]
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = tuple(d["mean"]) if d["mean"] is not None else tuple(pcfg.get("mean", IMAGENET_MEAN))
-    std = tuple(d["std"]) if d["std"] is not None else tuple(pcfg.get("std", IMAGENET_STD))
-    return mean, std
-
-
-def build_transforms(cfg: Dict[str, Any], mean, std, is_training: bool):
-    from timm.data import create_transform
-    d, a = cfg["data"], cfg["aug"]
+def build_transforms(cfg, mean, std, is_training: bool):
+    d, a = cfg.data, cfg.aug
     if not is_training:
-        return create_transform(d["img_size"], is_training=False, interpolation=d["interpolation"],
-                                mean=mean, std=std, crop_pct=d["crop_pct"])
-    return create_transform(
-        d["img_size"], is_training=True,
-        scale=tuple(a["scale"]), ratio=tuple(a["ratio"]), hflip=a["hflip"],
-        color_jitter=a["color_jitter"] or 0.0, auto_augment=a["auto_augment"] or None,
-        interpolation=d["interpolation"], mean=mean, std=std,
-        re_prob=a["re_prob"], re_mode=a["re_mode"], re_count=a["re_count"])
+        return create_transform(d.img_size, is_training=False, interpolation=d.interpolation, mean=mean, std=std,
+                                crop_pct=d.crop_pct)
+    return create_transform(d.img_size, is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
+                            color_jitter=a.color_jitter or 0.0, auto_augment=a.auto_augment or None,
+                            interpolation=d.interpolation, mean=mean, std=std, re_prob=a.re_prob, re_mode=a.re_mode,
+                            re_count=a.re_count)
 
 
 class SeededDataset(Dataset):
@@ -90,69 +86,63 @@ class DistributedEvalSampler(DistributedSampler):
 
 
 class EpochIndexSampler(Sampler):
-    """Yields (epoch, index) pairs from a DistributedSampler, for :class:`SeededDataset`."""
+    """Yields (epoch, index) pairs from a DistributedSampler, for :class:`SeededDataset`; ``set_epoch(e, skip)``
+    leaves out the first ``skip`` samples of epoch ``e`` (resuming inside an epoch)."""
 
     def __init__(self, sampler: DistributedSampler):
         self.sampler = sampler
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(skip)
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator:
-        e = self.epoch
-        return ((e, i) for i in self.sampler)
+        return ((self.epoch, i) for n, i in enumerate(self.sampler) if n >= self.skip)
 
     def __len__(self):
-        return len(self.sampler)
+        return len(self.sampler) - self.skip
 
 
-def build_train_loader(cfg: Dict[str, Any], root: str, mean, std, rank: int, world: int, device_is_cuda: bool):
+def _loader(cfg, dataset, sampler, batch_size, generator, workers, device_is_cuda, **kwargs) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, num_workers=workers,
+                      pin_memory=cfg.data.pin_memory and device_is_cuda,
+                      persistent_workers=cfg.data.persistent_workers and workers > 0, **kwargs)
+
+
+def build_train_loader(cfg, root: str, mean, std, rank: int, world: int, device_is_cuda: bool):
     from torchvision.datasets import ImageFolder
-    d, t = cfg["data"], cfg["train"]
-    ds = ImageFolder(root, transform=build_transforms(cfg, mean, std, True))
-    micro = t["batch_size"] // (world * t["accum_steps"])
-    base = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=t["seed"], drop_last=True)
-    sampler = EpochIndexSampler(base)
-    workers = d["workers"]
+    dataset = ImageFolder(root, transform=build_transforms(cfg, mean, std, True))
+    sampler = EpochIndexSampler(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                   seed=cfg.train.seed, drop_last=True))
     # a private generator: creating loader iterators must not consume the training process' global RNG
     # (else a resumed run, which creates its persistent workers one epoch later, would diverge)
-    gen = torch.Generator().manual_seed(int(t["seed"]) * 7919 + rank)
-    loader = DataLoader(SeededDataset(ds, t["seed"]), batch_size=micro, sampler=sampler, drop_last=True,
-                        generator=gen,
-                        num_workers=workers, pin_memory=bool(d["pin_memory"] and device_is_cuda),
-                        persistent_workers=bool(d["persistent_workers"] and workers > 0),
-                        prefetch_factor=(4 if workers > 0 else None))
-    return ds, loader
+    generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank)
+    workers = cfg.data.workers
+    loader = _loader(cfg, SeededDataset(dataset, cfg.train.seed), sampler, cfg.train.batch_size // (
+        world * cfg.train.accum_steps), generator, workers, device_is_cuda, drop_last=True,
+        prefetch_factor=4 if workers > 0 else None)
+    return dataset, loader
 
 
-def build_val_loader(cfg: Dict[str, Any], root: str, mean, std, rank: int, world: int, device_is_cuda: bool,
-                     batch_size: Optional[int] = None, workers: Optional[int] = None):
+def build_val_loader(cfg, root: str, mean, std, rank: int, world: int, device_is_cuda: bool,
+                     batch_size: Optional[int] = None):
     from torchvision.datasets import ImageFolder
-    d = cfg["data"]
-    ds = ImageFolder(root, transform=build_transforms(cfg, mean, std, False))
-    sampler = DistributedEvalSampler(ds, num_replicas=world, rank=rank)
-    workers = d["workers"] if workers is None else workers
-    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
-                        generator=torch.Generator().manual_seed(rank),
-                        num_workers=workers, pin_memory=bool(d["pin_memory"] and device_is_cuda),
-                        persistent_workers=bool(d["persistent_workers"] and workers > 0))
-    return ds, loader
+    dataset = ImageFolder(root, transform=build_transforms(cfg, mean, std, False))
+    sampler = DistributedEvalSampler(dataset, num_replicas=world, rank=rank)
+    return dataset, _loader(cfg, dataset, sampler, batch_size, torch.Generator().manual_seed(rank), cfg.data.workers,
+                            device_is_cuda)
 
 
-def build_mixup_and_criterion(cfg: Dict[str, Any], num_classes: int):
+def build_mixup_and_criterion(cfg, num_classes: int):
     """timm Mixup/CutMix (label smoothing folded into the soft targets) and the matching loss."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    a = cfg["aug"]
-    if a["mixup"] > 0 or a["cutmix"] > 0:
-        mixup = Mixup(mixup_alpha=a["mixup"], cutmix_alpha=a["cutmix"], prob=a["mixup_prob"],
-                      switch_prob=a["mixup_switch_prob"], mode=a["mixup_mode"],
-                      label_smoothing=a["label_smoothing"], num_classes=num_classes)
+    a = cfg.aug
+    if a.mixup > 0 or a.cutmix > 0:
+        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob, switch_prob=a.mixup_switch_prob,
+                      mode=a.mixup_mode, label_smoothing=a.label_smoothing, num_classes=num_classes)
         return mixup, SoftTargetCrossEntropy()
-    if a["label_smoothing"] > 0:
-        return None, LabelSmoothingCrossEntropy(smoothing=a["label_smoothing"])
+    if a.label_smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=a.label_smoothing)
     return None, torch.nn.CrossEntropyLoss()
 
 
@@ -160,7 +150,7 @@ class SyntheticLoader:
     """Random normalised images and labels generated on the device, batch by batch (no data loading).
 
     Deterministic in (seed, epoch, rank, batch index); mimics the DataLoader attributes the engine uses
-    (``sampler.set_epoch``, ``dataset`` length, ``len``)."""
+    (``sampler.set_epoch(epoch, skip)``, ``dataset`` length, ``len``)."""
 
     def __init__(self, size: int, batch_size: int, img_size: int, num_classes: int, device, seed: int,
                  rank: int, world: int, drop_last: bool = True):
@@ -170,14 +160,14 @@ class SyntheticLoader:
         per_rank = size // world
         self.n_batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
         self.per_rank = per_rank
-        self.epoch = 0
+        self.epoch, self.skip_batches = 0, 0
         self.sampler = self
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip_batches = int(epoch), int(skip) // self.batch_size
 
     def __len__(self):
-        return self.n_batches
+        return self.n_batches - self.skip_batches
 
     def __iter__(self):
         g = torch.Generator(device=self.device)
@@ -186,4 +176,5 @@ class SyntheticLoader:
             n = min(self.batch_size, self.per_rank - i * self.batch_size)
             x = torch.randn(n, 3, self.img_size, self.img_size, device=self.device, generator=g)
             y = torch.randint(0, self.num_classes, (n,), device=self.device, generator=g)
-            yield x, y
+            if i >= self.skip_batches:
+                yield x, y

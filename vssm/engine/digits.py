@@ -7,6 +7,7 @@ concurrent callers (several ranks) never see a half-written dataset.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from typing import Optional
 DONE_MARKER = ".complete"
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
+_logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -49,7 +51,7 @@ def prepare_digits(size: int = 32, cache: Optional[Path] = None, verbose: bool =
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     if verbose:
-        print(f"writing scikit-learn digits as a {size}x{size} ImageFolder to {root} (once)", flush=True)
+        _logger.info(f"writing scikit-learn digits as a {size}x{size} ImageFolder to {root} (once)")
 
     digits = load_digits()
     images = digits.images.astype(np.float32) / 16.0          # (N, 8, 8) in [0, 1], 16 grey levels
@@ -70,7 +72,8 @@ def prepare_digits(size: int = 32, cache: Optional[Path] = None, verbose: bool =
             g = Image.fromarray((img * 255.0).round().astype(np.uint8), mode="L")
             g = g.resize((size, size), resample=Image.BICUBIC)
             g.convert("RGB").save(d / f"{i:04d}.png")
-        (tmp / DONE_MARKER).write_text(f"sklearn digits, {size}x{size}, val_fraction={VAL_FRACTION}, seed={SPLIT_SEED}\n")
+        (tmp / DONE_MARKER).write_text(f"sklearn digits, {size}x{size}, val_fraction={VAL_FRACTION}, "
+                                       f"seed={SPLIT_SEED}\n")
         try:
             os.replace(tmp, root)                              # atomic when root does not exist yet
         except OSError:

@@ -1,10 +1,10 @@
-"""One code path for a single process and for ``torchrun`` (DDP): NCCL on GPUs, gloo on CPU."""
+"""One code path for a single process and for ``torchrun`` (DDP), on timm's process-group set-up."""
 from __future__ import annotations
 
-import datetime
-import os
 from dataclasses import dataclass
 from typing import Any, List
+
+import contextlib
 
 import torch
 import torch.distributed as td
@@ -53,25 +53,22 @@ class DistEnv:
 
 
 def init(device_pref: str = "auto") -> DistEnv:
-    """Set up the process group when launched by torchrun (WORLD_SIZE > 1), pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """timm's ``init_distributed_device_so``: the process group when launched by torchrun (WORLD_SIZE > 1; NCCL on
+    GPUs, gloo on CPU) and the device."""
+    from timm.utils.distributed import init_distributed_device_so
     use_cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if use_cuda:
-        n = torch.cuda.device_count()
-        device = torch.device("cuda", local_rank % n)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not td.is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
-        kwargs = {"device_id": device} if use_cuda else {}
-        td.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kwargs)
-        rank, world = td.get_rank(), td.get_world_size()
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
+    info = init_distributed_device_so("cuda" if use_cuda else "cpu")
+    return DistEnv(rank=info["global_rank"], local_rank=info["local_rank"], world_size=info["world_size"],
+                   device=torch.device(info["device"]))
 
 
 def cleanup() -> None:
     if td.is_available() and td.is_initialized():
         td.destroy_process_group()
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast for ``amp`` (none | bf16 | fp16) on the device's type."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

@@ -11,9 +11,18 @@ teacher (any timm model, weights from a local file, nothing downloaded) labels t
 
 With ``kind="none"`` (or no teacher) only ``base`` on the first output is used, so a distilled student can
 also be trained without a teacher. A plain tensor output is accepted only then.
+
+Why not ``timm.task.TokenDistillationTask`` (timm >= 1.0.26), which has the same hard / soft forms: its soft
+term is the KL divergence with ``batchmean`` (divided by the batch), DeiT's and GroupMamba's divide the summed KL
+by ``dist_logits.numel()`` (batch x classes), so a subclass would replace its whole ``forward``; it re-normalises
+the teacher's input from the two models' ``pretrained_cfg`` mean / std where the official code feeds the teacher
+the student's input unchanged (the digits recipe trains with mean 0.5 under an ImageNet ``pretrained_cfg``); a
+task owns the student's forward and its DDP wrapper, while the engine's step calls the model itself (``no_sync``
+under accumulation, the tuple-safe ``none`` mode) and hands this loss the outputs.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping, Optional, Tuple, Union
 
@@ -24,6 +33,7 @@ import torch.nn.functional as F
 __all__ = ["DistillationLoss", "build_teacher", "split_outputs", "DISTILL_KINDS"]
 
 DISTILL_KINDS = ("hard", "soft", "none")
+_logger = logging.getLogger(__name__)
 Outputs = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -102,7 +112,7 @@ class DistillationLoss(nn.Module):
 
 
 def build_teacher(name: str, checkpoint: Optional[Union[str, Mapping[str, Any]]] = None, num_classes: int = 1000,
-                  in_chans: int = 3, device: Union[str, torch.device] = "cpu", log=print,
+                  in_chans: int = 3, device: Union[str, torch.device] = "cpu", log=_logger.info,
                   allow_random: bool = False, **model_kwargs) -> nn.Module:
     """A frozen teacher: ``timm.create_model(name, pretrained=False, ...)`` (any timm or vssm model) with the
     weights of ``checkpoint`` (a path or a loaded dict: ours, an official ``{'model': sd}`` file, or a bare
@@ -118,7 +128,7 @@ def build_teacher(name: str, checkpoint: Optional[Union[str, Mapping[str, Any]]]
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
     if checkpoint is not None:
         ck = ckpt_mod.load(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-        ckpt_mod.load_weights(model, ck, prefer_ema=False, strict=True, log=log)
+        ckpt_mod.load_weights(model, ck, prefer_ema=False, strict=True, log=log or _logger.debug)
     elif log is not None:
         log(f"teacher {name}: no checkpoint given, RANDOM weights (allow_random=True)")
     return model.to(device).eval().requires_grad_(False)

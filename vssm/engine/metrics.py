@@ -1,12 +1,29 @@
-"""Per-epoch metrics log (CSV + JSON), per-step CSV, and the loss/accuracy plot."""
+"""The engine's log (``logging``), per-epoch metrics (CSV + JSON), per-step CSV, and the loss/accuracy plot."""
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .checkpoint import atomic_write_text
+
+def setup_logging(is_main: bool, log_file: Optional[Path] = None) -> None:
+    """Messages of the ``vssm.engine`` loggers to stdout (rank 0: info, other ranks: warnings) and, on rank 0,
+    to ``log_file``."""
+    logger = logging.getLogger("vssm.engine")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    handlers = [logging.StreamHandler(sys.stdout)] + ([logging.FileHandler(log_file)] if log_file else [])
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.propagate = False
+
 
 EPOCH_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "top1", "top5", "ema_val_loss", "ema_top1",
                 "ema_top5", "epoch_time_s", "train_img_s"]
@@ -73,7 +90,8 @@ def progress_bar(iterable=None, **kwargs):
     return tqdm(iterable, dynamic_ncols=True, **kwargs)
 
 
-def plot_curves(history: List[Dict[str, Any]], steps: Optional[List[Dict[str, float]]], path: Path, title: str = "") -> None:
+def plot_curves(history: List[Dict[str, Any]], steps: Optional[List[Dict[str, float]]], path: Path,
+                title: str = "") -> None:
     try:
         import matplotlib
     except ImportError:
@@ -98,9 +116,10 @@ def plot_curves(history: List[Dict[str, Any]], steps: Optional[List[Dict[str, fl
         ax_a.plot(ep, [r["top5"] for r in history], "o--", label="top-5", alpha=0.6)
         if any(r.get("ema_top1") is not None for r in history):
             ax_a.plot(ep, [r.get("ema_top1") for r in history], "s-", label="EMA top-1")
-    ax_l.set_xlabel("epoch"); ax_l.set_ylabel("loss"); ax_l.set_title("loss"); ax_l.legend(); ax_l.grid(alpha=0.3)
-    ax_a.set_xlabel("epoch"); ax_a.set_ylabel("accuracy (%)"); ax_a.set_title("val accuracy"); ax_a.legend()
-    ax_a.grid(alpha=0.3)
+    for ax, ylabel, axis_title in ((ax_l, "loss", "loss"), (ax_a, "accuracy (%)", "val accuracy")):
+        ax.set(xlabel="epoch", ylabel=ylabel, title=axis_title)
+        ax.legend()
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
