@@ -14,21 +14,20 @@ channels), and ``(y_f + flip(y_b)) * silu(z)`` (halved with ``divide_out``) goes
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
-from timm.models import checkpoint_seq, load_pretrained
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
 from . import kernels
-from ._backbone import check_image  # noqa: F401  (re-exported for the plain families)
-from ._checkpoint import load_checkpoint_file
-from .layers import _dt_init, ssm_no_weight_decay
+from ._backbone import FamilyModel
+from .layers import _dt_init
 
-__all__ = ["MambaMixer", "PlainMambaModel", "check_image", "custom_file_load", "load_official_file"]
+__all__ = ["MambaMixer", "PlainMambaModel"]
 
 _BACKWARD_SUFFIX = "_b"  # official names of the backward direction's parameters: conv1d_b, x_proj_b, A_b_log, ...
 
@@ -145,30 +144,7 @@ class MambaMixer(nn.Module):
                 f"d_conv={self.d_conv}, bidirectional={self.bidirectional}")
 
 
-def load_official_file(model: nn.Module, path: str, key: str, filter_fn: Callable,
-                       extra_globals: Sequence = ()) -> None:
-    """Load the published weights of an official training file into ``model`` through timm's adaptation
-    (classifier for another ``num_classes``, patch conv for another ``in_chans``): the file is read by
-    :func:`vssm.load_checkpoint_file` (``weights_only=True``; its allowlist plus ``extra_globals``), ``key`` names
-    the entry that holds the weights (a bare state dict is taken as it is), ``filter_fn`` maps it."""
-    checkpoint = load_checkpoint_file(path, extra_globals=extra_globals)
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-        checkpoint = checkpoint[key]
-    cfg = dict(model.pretrained_cfg, state_dict=checkpoint, file=None, custom_load=False)
-    load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
-                    filter_fn=filter_fn)
-
-
-def custom_file_load(kwargs: dict) -> dict:
-    """Factory kwargs in which ``pretrained_cfg_overlay=dict(file=...)`` keeps ``custom_load`` (timm resets it for
-    a file overlay), so that the model's ``load_pretrained`` reads the official file, not timm's file loader."""
-    overlay = kwargs.get("pretrained_cfg_overlay")
-    if overlay and overlay.get("file"):
-        kwargs = dict(kwargs, pretrained_cfg_overlay=dict(overlay, custom_load=overlay.get("custom_load", True)))
-    return kwargs
-
-
-class PlainMambaModel(nn.Module):
+class PlainMambaModel(FamilyModel):
     """timm API shared by the plain (one-width, ViT-like) families: ``patch_embed`` -> ``layers`` -> ``norm``.
 
     A family sets ``patch_embed``, ``layers`` (an ``nn.Sequential``), ``norm``, ``head``, ``feature_info`` (one
@@ -190,7 +166,7 @@ class PlainMambaModel(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        return {"pos_embed", "cls_token"} | ssm_no_weight_decay(self)
+        return {"pos_embed", "cls_token"} | super().no_weight_decay()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
