@@ -2,12 +2,13 @@
 
 A staged family (stem -> stages -> norm -> head, channels-last ``(B, H, W, C)`` tokens) subclasses
 :class:`StagedBackbone`: its ``__init__`` calls ``super().__init__(in_chans, num_classes, min_input_size)``, sets
-``stem``, calls :meth:`StagedBackbone.build_stages` (stages, ``feature_info``, ``num_features``,
-``head_hidden_size``, stochastic-depth rates), sets ``norm`` and calls :meth:`StagedBackbone.add_classifier` (or
-sets its own ``head`` and overrides the head methods). Every family model (also the plain ones of
-:mod:`vssm.mamba1d`) is a :class:`FamilyModel` with two hooks: :meth:`FamilyModel.checkpoint_filter` (its
-``checkpoint_filter_fn``, used by timm's loaders and the OpenMMLab adapter) and ``head_modules`` (the top-level
-modules only the classification head uses; the OpenMMLab adapter sets them aside).
+``stem``, calls :meth:`StagedBackbone.build_stages` (stages of :class:`Stage`, ``feature_info``, ``num_features``,
+``head_hidden_size``, stochastic-depth rates) and :meth:`StagedBackbone.add_head` (or sets its own ``norm`` and
+``head`` and overrides the head methods). Every family model (also the plain ones of :mod:`vssm.mamba1d`) is a
+:class:`FamilyModel` with two hooks: :meth:`FamilyModel.checkpoint_filter` (the family's ``checkpoint_filter_fn``,
+used by timm's loaders and the OpenMMLab adapter) and ``head_modules`` (the top-level modules only the
+classification head uses; the OpenMMLab adapter sets them aside). A new family is one model file plus one line in
+the shared test table (``tests/_helpers.py`` ``FAMILY_TEST_MODELS``).
 """
 from __future__ import annotations
 
@@ -152,8 +153,10 @@ class StagedBackbone(FamilyModel):
             self.feature_info.append(dict(num_chs=dim, reduction=stem_reduction * 2 ** i, module=f"stages.{i}"))
         self.num_features = self.head_hidden_size = dims[-1]
 
-    def add_classifier(self, global_pool: str = "avg", drop_rate: float = 0.0) -> None:
-        """``head``: timm's ``ClassifierHead`` on the ``(B, h, w, num_features)`` tokens (the head methods below)."""
+    def add_head(self, norm: nn.Module, global_pool: str = "avg", drop_rate: float = 0.0) -> None:
+        """The final ``norm`` and the ``head``: timm's ``ClassifierHead`` on the ``(B, h, w, num_features)`` tokens
+        (the head methods below)."""
+        self.norm = norm
         self.head = ClassifierHead(self.num_features, self.num_classes, pool_type=global_pool, drop_rate=drop_rate,
                                    input_fmt="NHWC")
 

@@ -339,10 +339,11 @@ class GroupMamba(StagedBackbone):
         dims = stage_dims(dims, num_stages)
         mlp_ratios = [mlp_ratios] * num_stages if isinstance(mlp_ratios, (int, float)) else list(mlp_ratios)
         if len(mlp_ratios) != num_stages:
-            raise ValueError(f"dims {dims}, depths {list(depths)} and mlp_ratios {mlp_ratios} must have the same length")
+            raise ValueError(f"depths {list(depths)} and mlp_ratios {mlp_ratios} must have the same length")
         bad = [d for d in dims if d % NUM_GROUPS]
         if bad:
-            raise ValueError(f"GroupMamba splits channels in {NUM_GROUPS} groups: dims {bad} are not divisible by {NUM_GROUPS}")
+            raise ValueError(f"GroupMamba splits channels in {NUM_GROUPS} groups: dims {bad} are not divisible by "
+                             f"{NUM_GROUPS}")
         self.global_pool = _check_pool(global_pool)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         mixer_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, d_conv=ssm_conv, reduction=cam_reduction,

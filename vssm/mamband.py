@@ -272,7 +272,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_mamband(variant: str, pretrained: bool = False, **kwargs) -> MambaND:
-    return build_family_model(MambaND, variant, pretrained, out_indices=3, file_custom_load=True, **kwargs)
+    kwargs.setdefault("out_indices", 3)  # features_only: the last three layers
+    return build_family_model(MambaND, variant, pretrained, file_custom_load=True, **kwargs)
 
 
 @register_model

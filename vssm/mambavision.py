@@ -275,8 +275,7 @@ class MambaVision(StagedBackbone):
                 proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, scan_backend=scan_backend)
 
         self.build_stages(make_stage, stage_dims(dim, num_stages), depths, drop_path_rate)
-        self.norm = BatchNormNHWC(self.num_features)
-        self.add_classifier(global_pool, drop_rate)
+        self.add_head(BatchNormNHWC(self.num_features), global_pool, drop_rate)
         self.apply(_init_weights)
 
     def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:

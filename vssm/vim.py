@@ -244,7 +244,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
-    return build_family_model(Vim, variant, pretrained, out_indices=3, file_custom_load=True, **kwargs)
+    kwargs.setdefault("out_indices", 3)  # features_only: the last three layers
+    return build_family_model(Vim, variant, pretrained, file_custom_load=True, **kwargs)
 
 
 @register_model

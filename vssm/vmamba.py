@@ -110,8 +110,7 @@ class VMamba(StagedBackbone):
                          downsample=build_downsample(downsample, in_dim, dim, norm_layer) if i > 0 else None)
 
         self.build_stages(make_stage, dims, depths, drop_path_rate, stem_reduction=patch_size)
-        self.norm = norm_layer(self.num_features)
-        self.add_classifier(global_pool, drop_rate)
+        self.add_head(norm_layer(self.num_features), global_pool, drop_rate)
         self.apply(init_vssm_weights)
 
     def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:

@@ -253,8 +253,7 @@ class VSSD(StagedBackbone):
                           for dp in drop_path], downsample=ConvPatchMerging(dim_in, dim_out) if i > 0 else None)
 
         self.build_stages(make_stage, dims, depths, drop_path_rate)
-        self.norm = nn.LayerNorm(dims[-1])
-        self.add_classifier(global_pool, drop_rate)
+        self.add_head(nn.LayerNorm(dims[-1]), global_pool, drop_rate)
         self.apply(init_vssm_weights)
 
     def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
