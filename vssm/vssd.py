@@ -44,7 +44,7 @@ from ._checkpoint import load_checkpoint_file, match_state_dict, unwrap_state_di
 from . import layers
 from .layers import DropPath, Mlp, init_vssm_weights
 
-__all__ = ["VSSD", "VSSDBlock", "NonCausalSSD", "Attention", "VSSDStem", "ConvPatchMerging", "run_ssd",
+__all__ = ["VSSD", "VSSDBlock", "NonCausalSSD", "MapAttention", "VSSDStem", "ConvPatchMerging", "run_ssd",
            "checkpoint_filter_fn"]
 
 SSD_FORMS = ("noncausal", "causal", "bidirectional")
@@ -165,7 +165,7 @@ class NonCausalSSD(nn.Module):
         return self.out_proj(y).reshape(x.shape)
 
 
-class Attention(layers.Attention):
+class MapAttention(layers.Attention):
     """The shared multi-head self-attention (:class:`vssm.layers.Attention`: bias-free ``qkv``, ``proj``,
     ``F.scaled_dot_product_attention``) over ``(B, H, W, dim)`` tokens."""
 
@@ -175,15 +175,15 @@ class Attention(layers.Attention):
 
 class VSSDBlock(nn.Module):
     """``x + cpe1(x)``, ``x + drop_path(mixer(norm1(x)))``, ``x + cpe2(x)``, ``x + drop_path(mlp(norm2(x)))``
-    on ``(B, H, W, dim)``; the mixer is :class:`NonCausalSSD` or (``attention=True``) :class:`Attention`."""
+    on ``(B, H, W, dim)``; the mixer is :class:`NonCausalSSD` or (``attention=True``) :class:`MapAttention`."""
 
     def __init__(self, dim: int, num_heads: int, attention: bool = False, mlp_ratio: float = 4.0,
                  drop: float = 0.0, drop_path: float = 0.0, **ssd_kwargs):
         super().__init__()
         self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.mixer = Attention(dim, num_heads, attn_drop=drop) if attention else NonCausalSSD(dim, num_heads,
-                                                                                              **ssd_kwargs)
+        self.mixer = (MapAttention(dim, num_heads, attn_drop=drop) if attention
+                      else NonCausalSSD(dim, num_heads, **ssd_kwargs))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm2 = nn.LayerNorm(dim)
