@@ -147,14 +147,23 @@ class MambaMixer(nn.Module):
 class PlainMambaModel(FamilyModel):
     """timm API shared by the plain (one-width, ViT-like) families: ``patch_embed`` -> ``layers`` -> ``norm``.
 
-    A family sets ``patch_embed``, ``layers`` (an ``nn.Sequential``), ``norm``, ``head``, ``feature_info`` (one
-    entry per layer), ``in_chans``, ``min_input_size``, ``num_classes``, ``global_pool`` and implements
+    A family calls ``super().__init__(in_chans, num_classes, global_pool, embed_dim, min_input_size)``, sets
+    ``patch_embed``, ``layers`` (an ``nn.Sequential``), ``norm``, ``head``, ``feature_info`` (one entry per layer)
+    and implements
     :meth:`embed` (image -> first layer's input), :meth:`layer_map` (a layer's output -> NCHW map),
     ``forward_features``, :meth:`forward_head` and ``forward`` (in the family's own file: torch.fx wraps the
     registered no-trace helpers in the globals of the file that holds the traced ``forward``).
     """
 
     grad_checkpointing = False
+
+    def __init__(self, in_chans: int, num_classes: int, global_pool: str, embed_dim: int, min_input_size: int):
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = self._check_pool(global_pool)
+        self.min_input_size = min_input_size
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
 
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image -> (first layer's input, patch grid ``(h, w)``); checks the input."""

@@ -138,16 +138,11 @@ class MambaND(PlainMambaModel):
             drop_path_rate: float = 0.0,
             scan_backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, global_pool, embed_dim, min_input_size=1)
         bad = [i for i in downsample_layers if not 0 <= i < depth]
         if bad:
             raise ValueError(f"MambaND: downsample_layers {bad} are not layers of a depth-{depth} model")
         img_size = to_2tuple(img_size)
-        self.num_classes = num_classes
-        self.global_pool = self._check_pool(global_pool)
-        self.in_chans = in_chans
-        self.min_input_size = 1
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.output_fmt = "NHWC"  # forward_features' layout (timm's convention for feature-map consumers)
         self.patch_embed = PatchEmbedNHWC(in_chans, embed_dim, patch_size, norm_layer=None, pad=True)
         self.grid_size = tuple(-(-s // patch_size) for s in img_size)

@@ -119,16 +119,11 @@ class Vim(PlainMambaModel):
             drop_path_rate: float = 0.0,
             scan_backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, global_pool, embed_dim, min_input_size=patch_size)
         stride = stride or patch_size
         img_size = to_2tuple(img_size)
         if min(img_size) < patch_size:
             raise ValueError(f"Vim: img_size {img_size} is smaller than the patch size {patch_size}")
-        self.num_classes = num_classes
-        self.global_pool = self._check_pool(global_pool)
-        self.in_chans = in_chans
-        self.min_input_size = patch_size
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.patch_embed = PatchEmbedNHWC(in_chans, embed_dim, patch_size, norm_layer=None, stride=stride)
         self.grid_size = tuple((s - patch_size) // stride + 1 for s in img_size)
