@@ -149,8 +149,7 @@ class PlainMambaModel(FamilyModel):
 
     A family calls ``super().__init__(in_chans, num_classes, global_pool, embed_dim, min_input_size)``, sets
     ``patch_embed``, ``layers`` (an ``nn.Sequential``), ``norm``, ``head``, ``feature_info`` (one entry per layer)
-    and implements
-    :meth:`embed` (image -> first layer's input), :meth:`layer_map` (a layer's output -> NCHW map),
+    and implements :meth:`embed` (image -> first layer's input), :meth:`layer_map` (a layer's output -> NCHW map),
     ``forward_features``, :meth:`forward_head` and ``forward`` (in the family's own file: torch.fx wraps the
     registered no-trace helpers in the globals of the file that holds the traced ``forward``).
     """
