@@ -70,14 +70,20 @@ def load_tool(name: str):
 
 # ---- the vssm model families in timm's registry (tests/test_timm_contract.py, tests/test_timm_scripts.py) ----
 
-# family module -> (model, kwargs) tested instead of the family's smallest registered model where that one is too
-# slow for a 2-core CPU (same code paths, fewer / narrower blocks). Families not listed use their smallest model.
-SMALL_FAMILY_MODELS: Dict[str, Tuple[str, dict]] = {
+# THE shared test table: one line per family, ``module -> (model, kwargs)`` that tests/test_timm_contract.py (the
+# timm API contract) and tests/test_timm_scripts.py build. kwargs shrink a model that is too slow for a 2-core CPU
+# (same code paths, fewer / narrower blocks). A new family is its model file plus one line here.
+FAMILY_TEST_MODELS: Dict[str, Tuple[str, dict]] = {
+    "vssm.vmamba": ("vmamba_nano", {}),
     "vssm.localmamba": ("local_vmamba_tiny", dict(depths=(1, 1, 1, 1), dims=16, d_state=4,
                                                   directions=["h_flip", "v", "w2", "w7_flip"])),
     "vssm.efficientvmamba": ("efficient_vmamba_tiny", dict(depths=(1, 1, 1, 1), dims=16, d_state=4)),
     "vssm.groupmamba": ("groupmamba_tiny", dict(stem_hidden_dim=8, dims=(16, 16, 32, 32), depths=(1, 1, 1, 1),
                                                 mlp_ratios=2)),
+    "vssm.mambavision": ("mambavision_tiny", {}),
+    "vssm.vssd": ("vssd_micro", {}),
+    "vssm.vim": ("vim_tiny", {}),
+    "vssm.mamband": ("mamba2d_small", {}),
 }
 
 
@@ -94,29 +100,11 @@ def vssm_families() -> Dict[str, list]:
     return families
 
 
-def _n_params_meta(name: str) -> int:
-    try:
-        model = create_meta(name)
-    except Exception:  # a family that cannot build on the meta device is counted on the CPU
-        model = timm.create_model(name)
-    return n_params(model)
-
-
-_FAMILY_MODEL: Dict[str, Tuple[str, dict]] = {}
-
-
 def family_test_model(family: str) -> Tuple[str, dict]:
-    """(model name, kwargs) a test of ``family`` builds: ``SMALL_FAMILY_MODELS``' entry, else the family's model
-    with the fewest parameters (counted on the meta device)."""
-    if family not in _FAMILY_MODEL:
-        names = vssm_families()[family]
-        if family in SMALL_FAMILY_MODELS:
-            name, kwargs = SMALL_FAMILY_MODELS[family]
-            assert name in names, f"SMALL_FAMILY_MODELS names {name}, which {family} does not register"
-        else:
-            name, kwargs = min(names, key=_n_params_meta), {}
-        _FAMILY_MODEL[family] = (name, dict(kwargs))
-    name, kwargs = _FAMILY_MODEL[family]
+    """(model name, kwargs) a test of ``family`` builds: its row of ``FAMILY_TEST_MODELS``."""
+    if family not in FAMILY_TEST_MODELS:
+        raise KeyError(f"{family} registers timm models but has no row in tests/_helpers.py FAMILY_TEST_MODELS")
+    name, kwargs = FAMILY_TEST_MODELS[family]
     return name, dict(kwargs)
 
 

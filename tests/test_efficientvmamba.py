@@ -103,27 +103,6 @@ def test_features_only():
     with torch.no_grad():
         feats = model(torch.randn(1, 3, 64, 96))
     assert [tuple(f.shape) for f in feats] == [(1, 48, 16, 24), (1, 96, 8, 12), (1, 192, 4, 6), (1, 384, 2, 3)]
-    sub = timm.create_model("efficient_vmamba_small", features_only=True, out_indices=(0, 1)).eval()
-    assert sub.feature_info.channels() == [64, 128] and len(sub.model.stages) == 2
-
-
-def test_forward_intermediates_head_and_api(tiny):
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        final, inters = tiny.forward_intermediates(x)
-        assert [t.shape[1] for t in inters] == [48, 96, 192, 384]
-        torch.testing.assert_close(final, tiny.forward_features(x))
-        pre = tiny.forward_head(final, pre_logits=True)
-        torch.testing.assert_close(tiny.head.fc(pre), tiny(x))
-    nwd = tiny.no_weight_decay()
-    assert "stages.0.blocks.0.mixer.A_logs" in nwd and "stages.1.blocks.1.mixer.Ds" in nwd
-    assert all(re.search(r"(A_logs|Ds|dt_projs_bias)$", n) for n in nwd)
-    matcher = tiny.group_matcher()
-    assert matcher["stem"] == r"^stem"
-    model = timm.create_model("efficient_vmamba_tiny", depths=(1, 1, 1, 1)).eval()  # BN: 1x1 maps need eval
-    model.reset_classifier(5)
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    assert model.prune_intermediate_layers([0, 1]) == [0, 1] and model.num_features == 96
 
 
 # ---- official checkpoints ---------------------------------------------------------------------------

@@ -247,29 +247,16 @@ def test_forward_backward_and_grad_checkpointing():
         assert torch.allclose(pa.grad, pb.grad, atol=1e-5), n
 
 
-def test_features_only_and_intermediates():
+def test_features_only_and_final_norm():
     model = timm.create_model("mambavision_tiny", features_only=True, **MICRO_ARGS)
     assert model.feature_info.channels() == [8, 16, 32, 64] and model.feature_info.reduction() == [4, 8, 16, 32]
     feats = model(torch.randn(1, 3, 72, 40))
     assert [tuple(f.shape) for f in feats] == [(1, 8, 18, 10), (1, 16, 9, 5), (1, 32, 5, 3), (1, 64, 3, 2)]
-    model = timm.create_model("mambavision_tiny", features_only=True, out_indices=(1,), **MICRO_ARGS)
-    assert len(model.model.stages) == 2  # pruned
     net = micro().eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        final, inter = net.forward_intermediates(x)
-        assert torch.equal(final, net.forward_features(x))
-        last = net.forward_intermediates(x, indices=1, norm=True, output_fmt="NHWC", intermediates_only=True)
-        assert torch.allclose(last[0], final)  # final BatchNorm of the last stage's tokens
-        feat = net.forward_head(final, pre_logits=True)
-        assert feat.shape == (1, 64) and torch.allclose(net.head.fc(feat), net(x), atol=1e-6)
-    nwd = net.no_weight_decay()
-    assert "stages.2.blocks.0.mixer.A_log" in nwd and "stages.3.blocks.0.mixer.D" in nwd
-    assert net.group_matcher()["stem"] == r"^stem"
-    net.reset_classifier(3)
-    assert net(x).shape == (1, 3)
-    net.reset_classifier(0, "")
-    assert net(x).shape == (1, 2, 2, 64)
+    with torch.no_grad():  # the final BatchNorm reads the last stage's tokens (the rest: tests/test_timm_contract.py)
+        last = net.forward_intermediates(x, indices=1, output_fmt="NHWC", intermediates_only=True)
+        torch.testing.assert_close(net.norm(last[0]), net.forward_features(x))
 
 
 # ---- bad inputs ----------------------------------------------------------------------------------------

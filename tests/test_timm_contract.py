@@ -1,14 +1,15 @@
 """The contract of timm's own model tests (timm's tests/test_models.py) for every vssm model family.
 
-Families come from the registry: a family is the set of timm entrypoints defined in one module ``vssm.<family>``,
-so a family merged later is covered without editing this file. Each family is tested on its smallest model (fewest
-parameters, counted on the meta device), or on the model and size-reducing kwargs of
-``_helpers.SMALL_FAMILY_MODELS`` where the smallest registered model is too slow for a 2-core CPU. The checks follow
+Families come from the registry: a family is the set of timm entrypoints defined in one module ``vssm.<family>``;
+each is tested on the model and kwargs of its row in ``_helpers.FAMILY_TEST_MODELS`` (a family without a row fails
+``test_every_family_is_found``). This file holds the API contract every family shares; the per-family test files
+keep what is the family's own (official orders, key maps, parity with the official outputs). The checks follow
 timm's: forward (and the same output with grad checkpointing), backward (every parameter gets a gradient), default
 cfgs (feature / pre-logits sizes, ``reset_classifier(0)`` and ``reset_classifier(0, '')``, ``num_classes=0,
-global_pool=''``, the cfg's classifier and first conv), ``features_only``, ``forward_intermediates``, and torch.fx:
-symbolic tracing through timm's notrace registry, forward equal to the model's, backward to every parameter, and FX
-feature extraction of the stages.
+global_pool=''``, the cfg's classifier and first conv), the classifier, ``no_weight_decay`` and timm's optimizer
+factory with layer decay, ``features_only`` (also on a subset of stages), ``forward_intermediates`` (norm, early
+stop), ``prune_intermediate_layers``, and torch.fx: symbolic tracing through timm's notrace registry, forward equal
+to the model's, backward to every parameter, and FX feature extraction of the stages.
 Inputs are small (64 px) to keep the file fast.
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Tuple
 import pytest
 import timm
 import torch
+import timm.optim
 from timm.layers import get_channel_dim, get_spatial_dim
 from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
 
-from _helpers import family_params, family_test_model, vssm_families
+from _helpers import FAMILY_TEST_MODELS, family_params, family_test_model, vssm_families
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -56,10 +58,17 @@ parametrize_family = pytest.mark.parametrize("family", family_params())
 
 
 def test_every_family_is_found():
-    for family in ("vssm.vmamba", "vssm.localmamba", "vssm.efficientvmamba", "vssm.groupmamba"):
-        assert family in FAMILIES
-    assert "vmamba_nano" in FAMILIES["vssm.vmamba"] and "groupmamba_tiny" in FAMILIES["vssm.groupmamba"]
-    assert family_test_model("vssm.vmamba") == ("vmamba_nano", {})  # smallest by parameter count
+    """The registry's families and the test table agree: each family has one row naming one of its models."""
+    assert sorted(FAMILIES) == sorted(FAMILY_TEST_MODELS)
+    for family, (name, _) in FAMILY_TEST_MODELS.items():
+        assert name in FAMILIES[family], f"FAMILY_TEST_MODELS names {name}, which {family} does not register"
+    with pytest.raises(KeyError, match="FAMILY_TEST_MODELS"):
+        family_test_model("vssm.no_such_family")
+
+
+def trunk(model: torch.nn.Module) -> torch.nn.Sequential:
+    """The stages of a staged family, the layers of a plain one."""
+    return model.stages if hasattr(model, "stages") else model.layers
 
 
 # ---- forward / backward -----------------------------------------------------------------------------------
@@ -141,6 +150,36 @@ def test_pretrained_cfg_names_real_modules(name):
         assert cfg.get(field) is not None, f"{name}: pretrained cfg has no {field}"
 
 
+@parametrize_family
+def test_classifier_and_reset(family):
+    """``forward_head(pre_logits=True)`` then the classifier(s) (a distilled pair averages) is the model's output;
+    ``reset_classifier(n)`` gives ``n`` outputs."""
+    model = create(family).eval()
+    x = torch.randn(1, *input_size(model))
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        classifiers = model.get_classifier()
+        classifiers = classifiers if isinstance(classifiers, tuple) else (classifiers,)
+        torch.testing.assert_close(torch.stack([c(pre) for c in classifiers]).mean(0), model(x))
+        model.reset_classifier(5)
+        assert model(x).shape == (1, 5) and model.num_classes == 5
+
+
+@parametrize_family
+def test_no_weight_decay_and_optimizer(family):
+    """The SSM parameters (flagged ``_no_weight_decay``) are in ``no_weight_decay()``, which names only parameters
+    (or timm's token names); timm's optimizer factory with layer decay keeps them out of weight decay."""
+    model = create(family)
+    params = dict(model.named_parameters())
+    flagged = {n for n, p in params.items() if getattr(p, "_no_weight_decay", False)}
+    nwd = model.no_weight_decay()
+    assert flagged and flagged <= nwd and nwd - {"pos_embed", "cls_token"} <= set(params)
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.7)
+    assert len(optimizer.param_groups) > 2
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert not [n for n in flagged if id(params[n]) in decayed]
+
+
 # ---- feature extraction ----------------------------------------------------------------------------------
 
 @parametrize_family
@@ -177,6 +216,33 @@ def test_forward_intermediates(family):
         assert len(only) == 2 and torch.equal(only[-1], inters[-1])
         model.set_grad_checkpointing()
         torch.testing.assert_close(model.forward_intermediates(x)[0], final, rtol=1e-4, atol=1e-5)
+        raw = model.forward_intermediates(x, indices=1, output_fmt="NHWC", intermediates_only=True)
+        normed = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NHWC", intermediates_only=True)
+        torch.testing.assert_close(normed[0], model.norm(raw[0]))
+        early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+        assert len(early) == 1 and torch.equal(early[0], inters[0])
+    with pytest.raises(ValueError, match="output_fmt"):
+        model.forward_intermediates(x, output_fmt="NLC")
+
+
+@parametrize_family
+def test_features_subset_and_prune(family):
+    """``features_only`` on stages 0-1 keeps only those stages and returns the model's intermediates;
+    ``prune_intermediate_layers`` likewise, with the head dropped."""
+    model = create(family).eval()
+    x = torch.randn(1, *input_size(model))
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        features = create(family, features_only=True, out_indices=(0, 1)).eval()  # same seed: the same weights
+        assert features.feature_info.channels() == [model.feature_info[i]["num_chs"] for i in (0, 1)]
+        assert len(trunk(features.model)) == 2
+        for f, r in zip(features(x), ref):
+            torch.testing.assert_close(f, r)
+        assert model.prune_intermediate_layers([0, 1]) == [0, 1]
+        assert len(trunk(model)) == 2 and model.num_classes == 0
+        assert model.num_features == model.feature_info[1]["num_chs"]
+        for f, r in zip(model.forward_intermediates(x, indices=[0, 1], intermediates_only=True), ref):
+            torch.testing.assert_close(f, r)
 
 
 # ---- torch.fx ---------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ import re
 
 import pytest
 import timm
-import timm.optim
 import torch
 
 from _helpers import create_meta, load_tool, n_params, read_key_file, synthetic_official_checkpoint
@@ -95,46 +94,12 @@ def test_features_only_tiny():
     assert [tuple(f.shape) for f in feats] == [(1, 96, 16, 16), (1, 192, 8, 8), (1, 384, 4, 4), (1, 768, 2, 2)]
 
 
-def test_features_only_subset_and_prune():
-    model = timm.create_model("vmamba_nano", features_only=True, out_indices=(1, 2)).eval()
-    assert model.feature_info.channels() == [48, 96]
-    assert model.feature_info.reduction() == [8, 16]
-    assert len(model.model.stages) == 3  # the last stage is pruned away
-    with torch.no_grad():
-        feats = model(torch.randn(1, 3, 96, 64))
-    assert [tuple(f.shape) for f in feats] == [(1, 48, 12, 8), (1, 96, 6, 4)]
-
-
-def test_forward_intermediates_and_head(nano):
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        final, inters = nano.forward_intermediates(x)
-        assert [t.shape[1] for t in inters] == [24, 48, 96, 192]
-        torch.testing.assert_close(final, nano.forward_features(x))
-        last = nano.forward_intermediates(x, indices=1, norm=True, output_fmt="NHWC", intermediates_only=True)
-        torch.testing.assert_close(last[0], final)
-        early = nano.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
-        assert early[0].shape == (1, 24, 16, 16)
-        pre = nano.forward_head(final, pre_logits=True)
-        assert pre.shape == (1, 192)
-        torch.testing.assert_close(nano.head.fc(pre), nano(x))
-
-
-def test_prune_reset_matcher_wd():
-    model = timm.create_model("vmamba_nano")
-    model.reset_classifier(5)
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    model.reset_classifier(0, global_pool="")
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1, 1, 192)
-    matcher = model.group_matcher()
-    assert matcher["stem"] == r"^stem" and len(matcher["blocks"]) == 3
-    groups = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.7)
-    assert len(groups.param_groups) > 2
-    nwd = model.no_weight_decay()
+def test_no_weight_decay_names_the_ss2d_parameters(nano):
+    # (no_weight_decay, the optimizer factory, forward_intermediates, features_only subsets, pruning and the
+    # classifier: tests/test_timm_contract.py)
+    nwd = nano.no_weight_decay()
     assert "stages.0.blocks.0.mixer.A_logs" in nwd and "stages.3.blocks.0.mixer.Ds" in nwd
     assert all(re.search(r"(A_logs|Ds|dt_projs_bias)$", n) for n in nwd)
-    taken = model.prune_intermediate_layers([0, 1], prune_head=True)
-    assert taken == [0, 1] and len(model.stages) == 2 and model.num_features == 48
 
 
 def test_cross_scan_order_matches_official():

@@ -8,7 +8,7 @@ import torch as _torch
 
 from . import layers
 from ._checkpoint import (CheckpointMismatchError, UnsafeCheckpointError, load_checkpoint_file, official_file_globals,
-                          remap_state_dict, unwrap_state_dict)
+                          match_state_dict, unwrap_state_dict)
 from . import vmamba
 from .vmamba import VMamba
 from . import groupmamba  # noqa: E402  (GroupMamba family, issue 6)
@@ -22,4 +22,4 @@ from . import vssd  # noqa: E402  (VSSD family, issue 18)
 _torch.serialization.add_safe_globals(official_file_globals())
 
 __all__ = ["layers", "vmamba", "VMamba", "CheckpointMismatchError", "UnsafeCheckpointError",
-           "load_checkpoint_file", "remap_state_dict", "unwrap_state_dict"]
+           "load_checkpoint_file", "match_state_dict", "unwrap_state_dict"]

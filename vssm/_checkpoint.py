@@ -8,13 +8,13 @@ import importlib
 import os
 import pickle
 import re
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 __all__ = ["CheckpointMismatchError", "UnsafeCheckpointError", "load_checkpoint_file", "unwrap_state_dict",
-           "remap_state_dict", "numpy_data_globals", "official_file_globals"]
+           "match_state_dict", "numpy_data_globals", "official_file_globals"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -124,32 +124,23 @@ def unwrap_state_dict(checkpoint: Mapping) -> dict:
     return out
 
 
-def remap_state_dict(
+def match_state_dict(
         state_dict: Mapping,
         model: nn.Module,
-        rules: Iterable[Tuple[str, str]],
         classifier: str = "head.fc",
-        drop: Iterable[str] = (),
         input_conv: Optional[str] = None,
 ) -> dict:
-    """Rename keys with regex ``rules`` (applied in order, each with ``re.sub``), drop keys matching any
-    regex in ``drop``, reshape tensors that differ from the model's only by singleton dims (Linear2d /
-    1x1-conv weights), then check the result against ``model.state_dict()``.
+    """``state_dict`` (unwrapped, see :func:`unwrap_state_dict`) checked against ``model.state_dict()``, tensors
+    that differ from the model's only by singleton dims (Linear2d / 1x1-conv weights) reshaped.
 
     Keys under ``classifier`` are exempt from the check (timm drops / adapts the classifier when
     ``num_classes`` differs), and so is a differing input-channel dim of ``input_conv``'s weight (timm adapts
     it for ``in_chans``); every other missing, unexpected or mis-shaped key raises
     :class:`CheckpointMismatchError` naming them.
     """
-    rules = [(re.compile(p), r) for p, r in rules]
-    drop = [re.compile(p) for p in drop]
     target = model.state_dict()
     out = {}
     for key, value in unwrap_state_dict(state_dict).items():
-        if any(d.search(key) for d in drop):
-            continue
-        for pattern, repl in rules:
-            key = pattern.sub(repl, key)
         ref = target.get(key)
         if (ref is not None and isinstance(value, torch.Tensor) and value.shape != ref.shape
                 and value.numel() == ref.numel()

@@ -24,26 +24,26 @@ Variants (ImageNet-1k, 224x224):
     params, 2.78G FLOPs); no published result belongs to it.
   * ``efficient_vmamba_base``: dims 96, depths 2-2-9-2, 33.72M params, 3.95G FLOPs, 81.8 top-1.
 
-The model is a :class:`vssm.vmamba.VMamba` (same timm API: ``forward_intermediates``, ``features_only``,
-``prune_intermediate_layers``, grad checkpointing, ...) with its own stages. Tokens are channels-last
+The model is a :class:`vssm._backbone.StagedBackbone` (the timm API of every staged family:
+``forward_intermediates``, ``features_only``, ``prune_intermediate_layers``, grad checkpointing, ...). Tokens are channels-last
 ``(B, H, W, C)``; the convolutional stages convert to ``NCHW`` internally.
 """
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, SEModule
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import SEModule
+from timm.models import generate_default_cfgs, register_model
 
-from ._backbone import build_family_model, hf_release, imagenet_cfg
-from ._checkpoint import remap_state_dict, unwrap_state_dict
-from .layers import SS2D, DropPath, PatchEmbed, build_downsample, init_vssm_weights
-from .vmamba import VMamba
+from ._backbone import Stage, StagedBackbone, build_family_model, hf_release, imagenet_cfg, stage_dims
+from ._checkpoint import match_state_dict, unwrap_state_dict
+from .layers import SS2D, DropPath, PatchEmbedNHWC, build_downsample, init_vssm_weights
 
-__all__ = ["EfficientVMamba", "EVSSBlock", "InvertedResidual", "EfficientVMambaStage", "checkpoint_filter_fn"]
+__all__ = ["EfficientVMamba", "EVSSBlock", "InvertedResidual", "checkpoint_filter_fn"]
 
 
 class ChannelGate(nn.Module):
@@ -123,42 +123,8 @@ class InvertedResidual(nn.Module):
         return x + self.drop_path(y)
 
 
-class EfficientVMambaStage(nn.Module):
-    """Optional patch-merging downsample, then ``depth`` blocks: EVSS (``block='evss'``, SS2D options in
-    ``mixer_kwargs``) or inverted residual (``block='ir'``). Channels-last in and out."""
-
-    def __init__(self, dim: int, dim_out: int, depth: int, block: str = "evss", downsample: Optional[str] = None,
-                 drop_path: Sequence[float] = (), norm_layer=nn.LayerNorm, gate_ratio: float = 0.125,
-                 ir_expand: float = 4.0, ir_se_ratio: float = 0.125, mixer_kwargs: Optional[dict] = None):
-        super().__init__()
-        if block not in ("evss", "ir"):
-            raise ValueError(f"block must be 'evss' or 'ir', got {block!r}")
-        self.grad_checkpointing = False
-        self.channels_first = block == "ir"
-        self.downsample = build_downsample(downsample, dim, dim_out, norm_layer) if downsample else nn.Identity()
-        drop_path = list(drop_path) or [0.0] * depth
-        if block == "evss":
-            blocks = [EVSSBlock(dim_out, drop_path[i], norm_layer=norm_layer, gate_ratio=gate_ratio,
-                                **(mixer_kwargs or {})) for i in range(depth)]
-        else:
-            blocks = [InvertedResidual(dim_out, ir_expand, ir_se_ratio, drop_path[i]) for i in range(depth)]
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.channels_first:
-            x = x.permute(0, 3, 1, 2)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        if self.channels_first:
-            x = x.permute(0, 2, 3, 1)
-        return x
-
-
-class EfficientVMamba(VMamba):
-    """EfficientVMamba backbone + classifier (timm API inherited from :class:`vssm.vmamba.VMamba`).
+class EfficientVMamba(StagedBackbone):
+    """EfficientVMamba backbone + classifier.
 
     Args:
         in_chans: input image channels.  num_classes: classifier outputs (0: no classifier).
@@ -202,52 +168,37 @@ class EfficientVMamba(VMamba):
             min_input_size: int = 32,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
     ):
-        nn.Module.__init__(self)  # own layout; the inherited timm API needs stem / stages / norm / head only
-        num_stages = len(depths)
-        if isinstance(dims, int):
-            dims = [dims * 2 ** i for i in range(num_stages)]
-        dims = list(dims)
-        if len(dims) != num_stages or len(stage_blocks) != num_stages:
-            raise ValueError(f"dims {dims}, stage_blocks {list(stage_blocks)} and depths {list(depths)} "
-                             "must have the same length")
+        super().__init__(in_chans, num_classes, min_input_size)
+        dims = stage_dims(dims, len(depths))
+        if len(stage_blocks) != len(depths):
+            raise ValueError(f"stage_blocks {list(stage_blocks)} and depths {list(depths)} must have the same length")
+        bad = [b for b in stage_blocks if b not in ("evss", "ir")]
+        if bad:
+            raise ValueError(f"block must be 'evss' or 'ir', got {bad[0]!r}")
         if scan_options is None:
             scan_options = dict(step=2) if scan == "atrous" else {}
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.output_fmt = "NHWC"
-        self.min_input_size = min_input_size
-        self.grad_checkpointing = False
-
-        def norm_layer(dim: int) -> nn.LayerNorm:
-            return nn.LayerNorm(dim, eps=norm_eps)
-
-        self.stem = PatchEmbed(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as torch.linspace
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        self.stem = PatchEmbedNHWC(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
         mixer_kwargs = dict(
             scan=scan, scan_options=scan_options, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank,
             d_conv=ssm_conv, conv_bias=ssm_conv_bias, gate=True, z_act=True, backend=scan_backend,
         )
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        stride, start = patch_size, 0
-        for i in range(num_stages):
-            if i > 0:
-                stride *= 2
-            self.stages.append(EfficientVMambaStage(
-                dims[max(i - 1, 0)], dims[i], depths[i], block=stage_blocks[i],
-                downsample=downsample if i > 0 else None, drop_path=dpr[start:start + depths[i]],
-                norm_layer=norm_layer, gate_ratio=gate_ratio, ir_expand=ir_expand, ir_se_ratio=ir_se_ratio,
-                mixer_kwargs=mixer_kwargs,
-            ))
-            start += depths[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=stride, module=f"stages.{i}"))
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = norm_layer(self.num_features)
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-                                   input_fmt="NHWC")
+
+        def make_stage(i: int, in_dim: int, dim: int, drop_path: List[float]) -> Stage:
+            if stage_blocks[i] == "evss":
+                blocks = [EVSSBlock(dim, dp, norm_layer=norm_layer, gate_ratio=gate_ratio, **mixer_kwargs)
+                          for dp in drop_path]
+            else:
+                blocks = [InvertedResidual(dim, ir_expand, ir_se_ratio, dp) for dp in drop_path]
+            return Stage(blocks, downsample=build_downsample(downsample, in_dim, dim, norm_layer) if i > 0 else None,
+                         channels_first=stage_blocks[i] == "ir")
+
+        self.build_stages(make_stage, dims, depths, drop_path_rate, stem_reduction=patch_size)
+        self.add_head(norm_layer(self.num_features), global_pool, drop_rate)
         self.apply(init_vssm_weights)
+
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
 
 
 # ---- official checkpoint mapping --------------------------------------------------------------------
@@ -311,7 +262,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: EfficientVMamba) -> Dict[str, 
     sd = unwrap_state_dict(state_dict)
     if not any(k.startswith("stem.") for k in sd):
         sd = _official_to_ours(sd, [len(s.blocks) for s in model.stages])
-    return remap_state_dict(sd, model, rules=[], input_conv="stem.proj")  # timm adapts it for in_chans != 3
+    return match_state_dict(sd, model, input_conv="stem.proj")  # timm adapts it for in_chans != 3
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
@@ -356,7 +307,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba:
-    return build_family_model(EfficientVMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
+    return build_family_model(EfficientVMamba, variant, pretrained, **kwargs)
 
 
 @register_model

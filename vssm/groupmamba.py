@@ -30,19 +30,20 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
-from ._checkpoint import remap_state_dict, unwrap_state_dict
+from ._backbone import Stage, StagedBackbone, build_family_model, imagenet_cfg, stage_dims
+from ._checkpoint import match_state_dict, unwrap_state_dict
 from .layers import SS2D, ConvDownsample, DropPath, Mlp
 
-__all__ = ["GroupMamba", "GroupMambaStage", "GroupMambaBlock", "GroupMambaMixer", "GroupedSS2D",
+__all__ = ["GroupMamba", "GroupMambaBlock", "GroupMambaMixer", "GroupedSS2D",
            "DistilledClassifier", "checkpoint_filter_fn"]
 
 NUM_GROUPS = 4
@@ -107,10 +108,12 @@ class GroupedSS2D(SS2D):
 
     Channel group g (``dim / 4`` contiguous channels) has its own in-projection (to x and z), depthwise
     conv, SSM parameters, output norm and out-projection, and is scanned in direction g of the ``group``
-    pattern (row-major, column-major, and both reversed). The in/out projections and the output norm are
-    per group (block-diagonal); the depthwise conv is per channel anyway; the per-sequence SSM parameters
-    of the shared SS2D (``x_proj_weight[g]``, ``dt_projs_*[g]``, ``A_logs``/``Ds`` rows of group g) are
-    exactly the per-group ones. The four scans run as ONE grouped :func:`vssm.kernels.selective_scan` call.
+    pattern (row-major, column-major, and both reversed). The in/out projections (:class:`GroupedLinear`, the
+    in-projection emitting ``[x of all groups, z of all groups]``) and the output norm (:class:`GroupedLayerNorm`),
+    built through SS2D's ``linear_layer`` / ``norm_layer`` factories, are per group (block-diagonal); the
+    depthwise conv is per channel anyway; the per-sequence SSM parameters of the shared SS2D
+    (``x_proj_weight[g]``, ``dt_projs_*[g]``, ``A_logs``/``Ds`` rows of group g) are exactly the per-group ones.
+    The four scans run as ONE grouped :func:`vssm.kernels.selective_scan` call.
     """
 
     def __init__(self, dim: int, groups: int = NUM_GROUPS, d_state: int = 1, ssm_ratio: float = 1.0,
@@ -120,22 +123,19 @@ class GroupedSS2D(SS2D):
             raise ValueError(f"GroupedSS2D: dim {dim} is not divisible by {groups} groups")
         c = dim // groups
         c_inner = int(ssm_ratio * c)
+        if int(ssm_ratio * dim) != groups * c_inner:
+            raise ValueError(f"GroupedSS2D: ssm_ratio {ssm_ratio} gives {int(ssm_ratio * dim)} inner channels, not "
+                             f"{groups} x {c_inner}")
         if dt_rank == "auto":
             dt_rank = math.ceil(c / 16)  # official: per VSSS block of c channels
         super().__init__(dim, scan=scan, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank,
                          d_conv=d_conv, conv_bias=True, gate=True, z_act=True, out_norm=True, bias=False,
-                         backend=backend, **kwargs)
-        if self.d_inner != groups * c_inner:
-            raise ValueError(f"GroupedSS2D: ssm_ratio {ssm_ratio} gives {self.d_inner} inner channels, not "
-                             f"{groups} x {c_inner}")
+                         backend=backend, norm_layer=lambda d: GroupedLayerNorm(groups, d // groups),
+                         linear_layer=lambda i, o, chunks: GroupedLinear(groups, i // groups, o // groups, chunks),
+                         **kwargs)
         if self.scan.K != groups or not self.scan.split_channels:
             raise ValueError(f"GroupedSS2D needs a channel-splitting scan pattern with K={groups}, got {self.scan}")
         self.groups = groups
-        # block-diagonal replacements of the dense projections / norm of SS2D (same attribute names, so the
-        # inherited forward is used unchanged: in_proj emits [x of all groups, z of all groups])
-        self.in_proj = GroupedLinear(groups, c, 2 * c_inner, split_out=2)
-        self.out_norm = GroupedLayerNorm(groups, c_inner)
-        self.out_proj = GroupedLinear(groups, c_inner, c)
 
 
 class ChannelAffinity(nn.Module):
@@ -293,31 +293,6 @@ class GroupMambaStem(nn.Module):
         return self.norm(self.proj(self.conv(x)).permute(0, 2, 3, 1))
 
 
-class GroupMambaStage(nn.Module):
-    """Optional 3x3/s2 conv downsample, ``depth`` blocks, then the stage norm (Identity for the last stage)."""
-
-    def __init__(self, dim: int, dim_out: int, depth: int, mlp_ratio: float, downsample: bool = True,
-                 stage_norm: bool = True, drop_path: Sequence[float] = (), norm_layer=nn.LayerNorm,
-                 **block_kwargs):
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = ConvDownsample(dim, dim_out, kernel_size=3) if downsample else nn.Identity()
-        drop_path = list(drop_path) or [0.0] * depth
-        self.blocks = nn.Sequential(*[
-            GroupMambaBlock(dim_out, mlp_ratio, drop_path=drop_path[i], norm_layer=norm_layer, **block_kwargs)
-            for i in range(depth)
-        ])
-        self.norm = norm_layer(dim_out) if stage_norm else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
-
-
 class GroupMamba(StagedBackbone):
     """GroupMamba backbone + class-token block + (distilled) classifier.
 
@@ -359,49 +334,38 @@ class GroupMamba(StagedBackbone):
             min_input_size: int = 1,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, min_input_size)
         num_stages = len(depths)
-        dims = list(dims)
+        dims = stage_dims(dims, num_stages)
         mlp_ratios = [mlp_ratios] * num_stages if isinstance(mlp_ratios, (int, float)) else list(mlp_ratios)
-        if len(dims) != num_stages or len(mlp_ratios) != num_stages:
-            raise ValueError(f"dims {dims}, depths {list(depths)} and mlp_ratios {mlp_ratios} must have the same length")
+        if len(mlp_ratios) != num_stages:
+            raise ValueError(f"depths {list(depths)} and mlp_ratios {mlp_ratios} must have the same length")
         bad = [d for d in dims if d % NUM_GROUPS]
         if bad:
-            raise ValueError(f"GroupMamba splits channels in {NUM_GROUPS} groups: dims {bad} are not divisible by {NUM_GROUPS}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
+            raise ValueError(f"GroupMamba splits channels in {NUM_GROUPS} groups: dims {bad} are not divisible by "
+                             f"{NUM_GROUPS}")
         self.global_pool = _check_pool(global_pool)
-        self.drop_rate = drop_rate
-        self.output_fmt = "NHWC"
-        self.min_input_size = min_input_size
-        self.grad_checkpointing = False
-
-        def norm_layer(dim):
-            return nn.LayerNorm(dim, eps=norm_eps)
-
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         mixer_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, d_conv=ssm_conv, reduction=cam_reduction,
                             scan_backend=scan_backend)
         self.stem = GroupMambaStem(in_chans, stem_hidden_dim, dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        stride, start = 4, 0
-        for i in range(num_stages):
-            if i > 0:
-                stride *= 2
-            self.stages.append(GroupMambaStage(
-                dims[max(i - 1, 0)], dims[i], depths[i], mlp_ratios[i],
-                downsample=i > 0, stage_norm=i < num_stages - 1,
-                drop_path=dpr[start:start + depths[i]], norm_layer=norm_layer, proj_drop=proj_drop_rate,
-                **mixer_kwargs,
-            ))
-            start += depths[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=stride, module=f"stages.{i}"))
-        self.num_features = self.head_hidden_size = dims[-1]
+
+        def make_stage(i: int, in_dim: int, dim: int, drop_path: List[float]) -> Stage:
+            blocks = [GroupMambaBlock(dim, mlp_ratios[i], drop_path=dp, norm_layer=norm_layer,
+                                      proj_drop=proj_drop_rate, **mixer_kwargs) for dp in drop_path]
+            return Stage(blocks, downsample=ConvDownsample(in_dim, dim, kernel_size=3) if i > 0 else None,
+                         norm=norm_layer(dim) if i < num_stages - 1 else None)
+
+        self.build_stages(make_stage, dims, depths, drop_path_rate)
         self.cls_block = ClassBlock(dims[-1], mlp_ratios[-1], norm_layer=norm_layer, **mixer_kwargs)
         self.norm = norm_layer(dims[-1])
         self.head = DistilledClassifier(dims[-1], num_classes, distillation=distillation, drop_rate=drop_rate)
         self.apply(_init_weights)
+
+    head_modules = ("norm", "head", "cls_block")
+
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
 
     # ---- timm API (the rest is StagedBackbone's) ----------------------------------------------------
 
@@ -528,7 +492,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
     input-channel dim of the first stem conv, which timm adapts to ``in_chans``)."""
     sd = unwrap_state_dict(state_dict)
     if any(k.startswith("stem.") for k in sd):  # already ours
-        return remap_state_dict(sd, model, rules=[], classifier="head", input_conv="stem.conv.0")
+        return match_state_dict(sd, model, classifier="head", input_conv="stem.conv.0")
     sd = _merge_groups(sd)
     renamed = {}
     for k, v in sd.items():
@@ -537,7 +501,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
         renamed[k] = v
     if getattr(model.head, "fc_dist", None) is None:  # a model built with distillation=False
         renamed = {k: v for k, v in renamed.items() if not k.startswith("head.fc_dist.")}
-    return remap_state_dict(renamed, model, rules=[], classifier="head", input_conv="stem.conv.0")
+    return match_state_dict(renamed, model, classifier="head", input_conv="stem.conv.0")
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
@@ -569,7 +533,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_groupmamba(variant: str, pretrained: bool = False, **kwargs) -> GroupMamba:
-    return build_family_model(GroupMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
+    return build_family_model(GroupMamba, variant, pretrained, **kwargs)
 
 
 @register_model

@@ -3,7 +3,7 @@
 Layout convention: every block here takes and returns channels-last maps ``(B, H, W, C)``; only the
 stems take an image ``(B, C, H, W)``. Projections are ``nn.Linear`` so official Linear / Linear2d weights
 load without reshaping, norms are ``nn.LayerNorm`` over the last dim (identical math to the official
-``LayerNorm2d`` of the channel-first releases).
+channel-first ``LayerNorm2d`` of the releases).
 
 ``SS2D`` is the 2D selective-scan mixer: in-projection, optional z gate, depthwise conv, a scan pattern
 from :mod:`vssm.scans` (K one-dimensional token orders), the grouped selective scan from :mod:`vssm.kernels`,
@@ -21,32 +21,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from timm.layers import DropPath, Mlp, register_notrace_function, register_notrace_module, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, register_notrace_module, to_2tuple, trunc_normal_
 
 from . import kernels
 from . import scans
 
 __all__ = [
-    "LayerNorm2d", "to_2tuple_size",
-    "PatchEmbed", "ConvStem", "PatchMerging", "ConvDownsample", "build_downsample",
+    "PatchEmbedNHWC", "ConvStem", "PatchMerging", "ConvDownsample", "build_downsample",
     "Mlp", "DropPath", "RecomputedActivation", "SS2D", "VSSBlock", "init_vssm_weights", "ssm_no_weight_decay",
     "Attention", "window_partition", "window_reverse",
 ]
 
 NormLayer = Type[nn.Module]
-
-
-def to_2tuple_size(x: Union[int, Sequence[int]]) -> tuple:
-    return (x, x) if isinstance(x, int) else tuple(x)
-
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channel dim of a ``(B, C, H, W)`` map (for heads/necks that work channel-first)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
 
 
 def _conv_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +44,9 @@ def _conv_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # stems: image (B, C, H, W) -> tokens (B, H/4, W/4, C)
 # --------------------------------------------------------------------------------------------------
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` conv + norm (VMamba v0 / LocalMamba / GroupMamba stem).
+class PatchEmbedNHWC(nn.Module):
+    """Image ``(B, C, H, W)`` -> channels-last patch tokens ``(B, h, w, embed_dim)``: ``patch_size`` conv + norm
+    (VMamba v0 / LocalMamba / EfficientVMamba stem; Vim's and Mamba-ND's patch embedding without the norm).
 
     ``stride``: conv stride (default ``patch_size``; smaller: overlapping patches, Vim's stride-8 models).
     ``pad``: zero-pad the bottom/right up to a multiple of the stride first (Mamba-ND, mmcv's corner padding);
@@ -214,7 +201,10 @@ class SS2D(nn.Module):
         out_norm: LayerNorm on the scan output (False: identity).
         bias: bias of in/out projections.  dropout: after out_proj.
         backend: selective-scan backend passed to :func:`vssm.kernels.selective_scan`.
-    With ``scan.split_channels`` each of the K sequences carries ``d_inner // K`` channels (GroupMamba).
+        linear_layer: ``(in_features, out_features, chunks) -> module`` of the in/out projections (default
+            ``nn.Linear`` with ``bias``); ``chunks`` is 2 for a gated in-projection (output ``[x, z]``), else 1.
+    With ``scan.split_channels`` each of the K sequences carries ``d_inner // K`` channels (GroupMamba, which also
+    passes block-diagonal projections and output norm).
     """
 
     def __init__(
@@ -240,8 +230,12 @@ class SS2D(nn.Module):
             dt_scale: float = 1.0,
             dt_init_floor: float = 1e-4,
             backend: str = "auto",
+            linear_layer: Optional[Callable[[int, int, int], nn.Module]] = None,
     ):
         super().__init__()
+        if linear_layer is None:
+            def linear_layer(in_features: int, out_features: int, chunks: int) -> nn.Module:
+                return nn.Linear(in_features, out_features, bias=bias)
         self.scan = scans.build(scan, **(scan_options or {})) if isinstance(scan, str) else scan
         K = self.scan.K
         self.dim = dim
@@ -253,7 +247,7 @@ class SS2D(nn.Module):
         d_seq = self.scan.channels_per_sequence(d_inner)  # channels each of the K sequences carries
         self.d_seq = d_seq
 
-        self.in_proj = nn.Linear(dim, d_inner * 2 if gate else d_inner, bias=bias)
+        self.in_proj = linear_layer(dim, d_inner * 2 if gate else d_inner, 2 if gate else 1)
         self.act = RecomputedActivation(act_layer)
         self.z_act = act_layer() if (gate and z_act) else nn.Identity()
         if d_conv > 1:
@@ -278,7 +272,7 @@ class SS2D(nn.Module):
             p._no_weight_decay = True
 
         self.out_norm = norm_layer(d_inner) if out_norm else nn.Identity()
-        self.out_proj = nn.Linear(d_inner, dim, bias=bias)
+        self.out_proj = linear_layer(d_inner, dim, 1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def ssm_parameters(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -399,7 +393,7 @@ def window_partition(x: torch.Tensor, window_size: Union[int, Sequence[int]]) ->
     """``(B, H, W, C)`` -> windows ``(B * nh * nw, wh * ww, C)``, tokens row-major inside each window, windows
     ordered (batch, window row, window column). The map is zero-padded at the bottom / right to multiples of
     the window (``nh = ceil(H / wh)``, ``nw = ceil(W / ww)``); :func:`window_reverse` crops the padding off."""
-    wh, ww = to_2tuple_size(window_size)
+    wh, ww = to_2tuple(window_size)
     B, H, W, C = x.shape
     pad_b, pad_r = (wh - H % wh) % wh, (ww - W % ww) % ww
     x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
@@ -412,7 +406,7 @@ def window_partition(x: torch.Tensor, window_size: Union[int, Sequence[int]]) ->
 def window_reverse(windows: torch.Tensor, window_size: Union[int, Sequence[int]], H: int, W: int) -> torch.Tensor:
     """Inverse of :func:`window_partition`: windows ``(B * nh * nw, wh * ww, C)`` of an ``H x W`` map ->
     ``(B, H, W, C)`` (the padding cropped off)."""
-    wh, ww = to_2tuple_size(window_size)
+    wh, ww = to_2tuple(window_size)
     nh, nw = -(-H // wh), -(-W // ww)
     C = windows.shape[-1]
     x = windows.reshape(-1, nh, nw, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, nh * wh, nw * ww, C)

@@ -45,7 +45,8 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from ._backbone import build_family_model, imagenet_cfg, release_file
-from .layers import SS2D, VSSBlock, init_vssm_weights
+from ._checkpoint import unwrap_state_dict
+from .layers import SS2D
 from .scans.base import traced_constants
 from .vmamba import VMamba
 from .vmamba import checkpoint_filter_fn as _vmamba_checkpoint_filter_fn
@@ -162,7 +163,9 @@ class LocalSS2D(SS2D):
     """
 
     def __init__(self, dim: int, directions: Sequence[str], gate_ratio: float = 0.125,
-                 official_v_merge: bool = True, **kwargs):
+                 official_v_merge: bool = True, scan: str = "window", **kwargs):
+        if scan != "window":
+            raise ValueError(f"LocalSS2D scans its directions with the 'window' pattern, got scan={scan!r}")
         directions = _check_names(directions, "LocalSS2D")
         super().__init__(dim, scan="window", scan_options=dict(directions=list(directions)), **kwargs)
         self.directions = directions
@@ -187,8 +190,8 @@ class LocalSS2D(SS2D):
 
 
 class LocalVMamba(VMamba):
-    """LocalVMamba backbone + classifier: the VMamba skeleton (patch stem, patch merging, final norm, head,
-    timm API) with :class:`LocalSS2D` blocks.
+    """LocalVMamba backbone + classifier: the v0 VMamba (patch stem, patch merging, gated SS2D without MLP, final
+    norm, head, timm API) with a :class:`LocalSS2D` mixer of its own directions in every block.
 
     Args:
         directions: per-block scan directions: a searched-set name, one list for all blocks, or one list per
@@ -202,55 +205,24 @@ class LocalVMamba(VMamba):
     def __init__(
             self,
             directions: DirectionSpec = "local_vmamba_tiny",
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            global_pool: str = "avg",
             depths: Sequence[int] = (2, 2, 9, 2),
-            dims: Union[int, Sequence[int]] = 96,
-            patch_size: int = 4,
             d_state: int = 16,
             ssm_ratio: float = 2.0,
-            dt_rank: Union[int, str] = "auto",
-            ssm_conv: int = 3,
             ssm_conv_bias: bool = True,
             gate_ratio: float = 0.125,
             official_v_merge: bool = True,
-            scan_backend: str = "auto",
-            drop_rate: float = 0.0,
-            proj_drop_rate: float = 0.0,
-            drop_path_rate: float = 0.0,
-            norm_eps: float = 1e-5,
-            min_input_size: int = 32,
-            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            **kwargs,
     ):
-        depths = tuple(depths)
         block_directions = resolve_directions(directions, depths)
-        # the VMamba skeleton without blocks; the LocalMamba blocks are added below
-        super().__init__(
-            in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, depths=(0,) * len(depths),
-            dims=dims, patch_size=patch_size, stem="patch", downsample="merge", drop_rate=drop_rate,
-            drop_path_rate=0.0, norm_eps=norm_eps, min_input_size=min_input_size, img_size=img_size,
-        )
-        self.depths = depths
+        per_block = [dict(directions=d, gate_ratio=gate_ratio, official_v_merge=official_v_merge)
+                     for d in block_directions]
+        super().__init__(depths=depths, stem="patch", downsample="merge", d_state=d_state, ssm_ratio=ssm_ratio,
+                         ssm_conv_bias=ssm_conv_bias, gate=True, scan="window", mlp_ratio=0.0, mixer_layer=LocalSS2D,
+                         block_mixer_kwargs=per_block, **kwargs)
         self.directions = block_directions
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta default device
 
-        def norm_layer(dim: int) -> nn.LayerNorm:
-            return nn.LayerNorm(dim, eps=norm_eps)
-
-        index = 0
-        for stage, depth, info in zip(self.stages, depths, self.feature_info):
-            for _ in range(depth):
-                block = VSSBlock(
-                    info["num_chs"], drop_path=dpr[index], norm_layer=norm_layer, mlp_ratio=0.0,
-                    mixer_layer=LocalSS2D, directions=block_directions[index], gate_ratio=gate_ratio,
-                    official_v_merge=official_v_merge, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank,
-                    d_conv=ssm_conv, conv_bias=ssm_conv_bias, gate=True, dropout=proj_drop_rate,
-                    backend=scan_backend,
-                )
-                block.apply(init_vssm_weights)
-                stage.blocks.append(block)
-                index += 1
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
 
 
 # ---- official checkpoint mapping --------------------------------------------------------------------
@@ -262,8 +234,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: LocalVMamba
     The official layout is the v0 VMamba one plus ``op.multi_scan.attn`` (the direction gate). Raises
     :class:`vssm.CheckpointMismatchError` naming missing / unexpected / mis-shaped keys.
     """
-    from ._checkpoint import unwrap_state_dict
-
     sd = {k.replace(".op.multi_scan.attn.", ".op.direction_gate."): v
           for k, v in unwrap_state_dict(state_dict).items()}
     return _vmamba_checkpoint_filter_fn(sd, model)
@@ -293,7 +263,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_local_vmamba(variant: str, pretrained: bool = False, **kwargs) -> LocalVMamba:
-    return build_family_model(LocalVMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
+    return build_family_model(LocalVMamba, variant, pretrained, **kwargs)
 
 
 @register_model

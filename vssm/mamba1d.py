@@ -14,21 +14,20 @@ channels), and ``(y_f + flip(y_b)) * silu(z)`` (halved with ``divide_out``) goes
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
-from timm.models import checkpoint_seq, load_pretrained
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
 from . import kernels
-from ._backbone import check_image  # noqa: F401  (re-exported for the plain families)
-from ._checkpoint import load_checkpoint_file
-from .layers import _dt_init, ssm_no_weight_decay
+from ._backbone import FamilyModel
+from .layers import _dt_init
 
-__all__ = ["MambaMixer", "PlainMambaModel", "check_image", "custom_file_load", "load_official_file"]
+__all__ = ["MambaMixer", "PlainMambaModel"]
 
 _BACKWARD_SUFFIX = "_b"  # official names of the backward direction's parameters: conv1d_b, x_proj_b, A_b_log, ...
 
@@ -145,40 +144,25 @@ class MambaMixer(nn.Module):
                 f"d_conv={self.d_conv}, bidirectional={self.bidirectional}")
 
 
-def load_official_file(model: nn.Module, path: str, key: str, filter_fn: Callable,
-                       extra_globals: Sequence = ()) -> None:
-    """Load the published weights of an official training file into ``model`` through timm's adaptation
-    (classifier for another ``num_classes``, patch conv for another ``in_chans``): the file is read by
-    :func:`vssm.load_checkpoint_file` (``weights_only=True``; its allowlist plus ``extra_globals``), ``key`` names
-    the entry that holds the weights (a bare state dict is taken as it is), ``filter_fn`` maps it."""
-    checkpoint = load_checkpoint_file(path, extra_globals=extra_globals)
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-        checkpoint = checkpoint[key]
-    cfg = dict(model.pretrained_cfg, state_dict=checkpoint, file=None, custom_load=False)
-    load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
-                    filter_fn=filter_fn)
-
-
-def custom_file_load(kwargs: dict) -> dict:
-    """Factory kwargs in which ``pretrained_cfg_overlay=dict(file=...)`` keeps ``custom_load`` (timm resets it for
-    a file overlay), so that the model's ``load_pretrained`` reads the official file, not timm's file loader."""
-    overlay = kwargs.get("pretrained_cfg_overlay")
-    if overlay and overlay.get("file"):
-        kwargs = dict(kwargs, pretrained_cfg_overlay=dict(overlay, custom_load=overlay.get("custom_load", True)))
-    return kwargs
-
-
-class PlainMambaModel(nn.Module):
+class PlainMambaModel(FamilyModel):
     """timm API shared by the plain (one-width, ViT-like) families: ``patch_embed`` -> ``layers`` -> ``norm``.
 
-    A family sets ``patch_embed``, ``layers`` (an ``nn.Sequential``), ``norm``, ``head``, ``feature_info`` (one
-    entry per layer), ``in_chans``, ``min_input_size``, ``num_classes``, ``global_pool`` and implements
-    :meth:`embed` (image -> first layer's input), :meth:`layer_map` (a layer's output -> NCHW map),
+    A family calls ``super().__init__(in_chans, num_classes, global_pool, embed_dim, min_input_size)``, sets
+    ``patch_embed``, ``layers`` (an ``nn.Sequential``), ``norm``, ``head``, ``feature_info`` (one entry per layer)
+    and implements :meth:`embed` (image -> first layer's input), :meth:`layer_map` (a layer's output -> NCHW map),
     ``forward_features``, :meth:`forward_head` and ``forward`` (in the family's own file: torch.fx wraps the
     registered no-trace helpers in the globals of the file that holds the traced ``forward``).
     """
 
     grad_checkpointing = False
+
+    def __init__(self, in_chans: int, num_classes: int, global_pool: str, embed_dim: int, min_input_size: int):
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = self._check_pool(global_pool)
+        self.min_input_size = min_input_size
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
 
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image -> (first layer's input, patch grid ``(h, w)``); checks the input."""
@@ -190,7 +174,7 @@ class PlainMambaModel(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        return {"pos_embed", "cls_token"} | ssm_no_weight_decay(self)
+        return {"pos_embed", "cls_token"} | super().no_weight_decay()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:

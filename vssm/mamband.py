@@ -26,14 +26,14 @@ from typing import Dict, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, register_notrace_function, resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import DropPath, register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
 
 from . import scans
-from ._backbone import imagenet_cfg
-from ._checkpoint import numpy_data_globals, remap_state_dict, unwrap_state_dict
-from .layers import PatchEmbed, PatchMerging, to_2tuple_size
-from .mamba1d import MambaMixer, PlainMambaModel, check_image, custom_file_load, load_official_file
+from ._backbone import build_family_model, check_image, imagenet_cfg
+from ._checkpoint import match_state_dict, numpy_data_globals, unwrap_state_dict
+from .layers import PatchEmbedNHWC, PatchMerging
+from .mamba1d import MambaMixer, PlainMambaModel
 
 __all__ = ["MambaND", "MambaNDBlock", "checkpoint_filter_fn"]
 
@@ -111,6 +111,10 @@ class MambaND(PlainMambaModel):
     """
 
     pool_types = ("avg", "")
+    head_modules = ("norm", "head", "fc_norm")
+    # official mmengine checkpoints: 'state_dict' holds (with mmengine's EMA hook of the official config) the
+    # averaged weights that the official test evaluates
+    pretrained_entry = "state_dict"
 
     def __init__(
             self,
@@ -134,18 +138,13 @@ class MambaND(PlainMambaModel):
             drop_path_rate: float = 0.0,
             scan_backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, global_pool, embed_dim, min_input_size=1)
         bad = [i for i in downsample_layers if not 0 <= i < depth]
         if bad:
             raise ValueError(f"MambaND: downsample_layers {bad} are not layers of a depth-{depth} model")
-        img_size = to_2tuple_size(img_size)
-        self.num_classes = num_classes
-        self.global_pool = self._check_pool(global_pool)
-        self.in_chans = in_chans
-        self.min_input_size = 1
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        img_size = to_2tuple(img_size)
         self.output_fmt = "NHWC"  # forward_features' layout (timm's convention for feature-map consumers)
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm_layer=None, pad=True)
+        self.patch_embed = PatchEmbedNHWC(in_chans, embed_dim, patch_size, norm_layer=None, pad=True)
         self.grid_size = tuple(-(-s // patch_size) for s in img_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
@@ -198,11 +197,11 @@ class MambaND(PlainMambaModel):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    @torch.jit.ignore
-    def load_pretrained(self, path: str) -> None:
-        """Load an official mmengine checkpoint: its ``'state_dict'`` (with mmengine's EMA hook of the official
-        config, the averaged weights that the official test evaluates); numpy data (mmengine's logs) is allowed."""
-        load_official_file(self, path, "state_dict", checkpoint_filter_fn, extra_globals=numpy_data_globals())
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
+
+    def pretrained_file_globals(self) -> list:
+        return numpy_data_globals()  # mmengine's logs in the official files
 
 
 def _merging_order(dim: int) -> torch.Tensor:
@@ -244,7 +243,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MambaND) ->
                              f"model with the checkpoint's img_size")
         out["pos_embed"] = resample_abs_pos_embed(pos, list(model.grid_size), [side, side], num_prefix_tokens=0,
                                                   antialias=False)
-    return remap_state_dict(out, model, rules=[], classifier="head", input_conv="patch_embed.proj")
+    return match_state_dict(out, model, classifier="head", input_conv="patch_embed.proj")
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
@@ -268,10 +267,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_mamband(variant: str, pretrained: bool = False, **kwargs) -> MambaND:
-    out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
-        MambaND, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **custom_file_load(kwargs))
+    kwargs.setdefault("out_indices", 3)  # features_only: the last three layers
+    return build_family_model(MambaND, variant, pretrained, file_custom_load=True, **kwargs)
 
 
 @register_model

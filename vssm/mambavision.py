@@ -33,17 +33,17 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, register_notrace_function, register_notrace_module, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import DropPath, register_notrace_function, register_notrace_module, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
 
 from . import kernels
-from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
-from ._checkpoint import remap_state_dict, unwrap_state_dict
+from ._backbone import Stage, StagedBackbone, build_family_model, imagenet_cfg, stage_dims
+from ._checkpoint import match_state_dict, unwrap_state_dict
 from .layers import Attention, VSSBlock, window_partition, window_reverse
 
 __all__ = ["MambaVision", "MambaVisionStage", "MambaVisionMixer", "MambaVisionBlock", "ConvBlock",
@@ -171,48 +171,40 @@ class MambaVisionStem(nn.Module):
         return self.conv(x).permute(0, 2, 3, 1)
 
 
-class MambaVisionStage(nn.Module):
-    """Optional 3x3/s2 conv downsample, then ``depth`` blocks; channels-last ``(B, H, W, C)`` in and out.
+class MambaVisionStage(Stage):
+    """A :class:`vssm._backbone.Stage` whose 3x3/s2 conv downsample (optional) takes ``(B, C, H, W)``;
+    channels-last ``(B, H, W, C)`` in and out.
 
     ``mixer=False``: :class:`ConvBlock` s (NCHW inside). ``mixer=True``: the map is split into ``window_size``
     windows (zero-padded bottom / right); the first ``ceil(depth / 2)`` blocks use :class:`MambaVisionMixer`,
     the rest :class:`vssm.layers.Attention`; the windows are merged and cropped back at the end."""
 
-    def __init__(self, dim_in: int, dim: int, depth: int, mixer: bool, downsample: bool = True,
+    def __init__(self, dim_in: int, dim: int, mixer: bool, downsample: bool = True,
                  window_size: Union[int, Tuple[int, int]] = 7, num_heads: int = 8, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path: Sequence[float] = (), layer_scale: Optional[float] = None,
                  layer_scale_conv: Optional[float] = None, d_state: int = 8, d_conv: int = 3,
                  proj_drop: float = 0.0, attn_drop: float = 0.0, scan_backend: str = "auto"):
-        super().__init__()
-        self.grad_checkpointing = False
-        self.mixer = mixer
-        self.window_size = window_size
-        self.downsample = nn.Conv2d(dim_in, dim, 3, stride=2, padding=1, bias=False) if downsample else nn.Identity()
-        drop_path = list(drop_path) or [0.0] * depth
         if not mixer:
-            blocks = [ConvBlock(dim, drop_path[i], layer_scale_conv) for i in range(depth)]
+            blocks = [ConvBlock(dim, dp, layer_scale_conv) for dp in drop_path]
         else:
-            n_mamba = (depth + 1) // 2  # official: attention from block depth // 2 (+ 1 for odd depths) on
+            n_mamba = (len(drop_path) + 1) // 2  # official: attention from block depth // 2 (+ 1 for odd depths) on
             common = dict(mlp_ratio=mlp_ratio, mlp_drop=proj_drop, layer_scale=layer_scale)
             mamba = dict(mixer_layer=MambaVisionMixer, d_state=d_state, d_conv=d_conv, backend=scan_backend)
             attention = dict(mixer_layer=Attention, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
                              proj_drop=proj_drop)
-            blocks = [MambaVisionBlock(dim, drop_path=drop_path[i], **common, **(mamba if i < n_mamba else attention))
-                      for i in range(depth)]
-        self.blocks = nn.Sequential(*blocks)
-
-    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+            blocks = [MambaVisionBlock(dim, drop_path=dp, **common, **(mamba if i < n_mamba else attention))
+                      for i, dp in enumerate(drop_path)]
+        super().__init__(blocks, nn.Conv2d(dim_in, dim, 3, stride=2, padding=1, bias=False) if downsample else None)
+        self.mixer = mixer
+        self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x.permute(0, 3, 1, 2))
         if not self.mixer:
-            return self._blocks(x).permute(0, 2, 3, 1)
+            return self.forward_blocks(x).permute(0, 2, 3, 1)
         x = x.permute(0, 2, 3, 1)
         H, W = x.shape[1], x.shape[2]
-        return window_reverse(self._blocks(window_partition(x, self.window_size)), self.window_size, H, W)
+        return window_reverse(self.forward_blocks(window_partition(x, self.window_size)), self.window_size, H, W)
 
 
 def _per_stage(value, n: int, name: str) -> list:
@@ -264,7 +256,7 @@ class MambaVision(StagedBackbone):
             min_input_size: int = 1,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, min_input_size)
         num_stages = len(depths)
         num_heads = _per_stage(num_heads, num_stages, "num_heads")
         window_size = [window_size] * num_stages if isinstance(window_size, int) else list(window_size)
@@ -273,50 +265,21 @@ class MambaVision(StagedBackbone):
         bad = [w for w in window_size if min(w if isinstance(w, (tuple, list)) else (w,)) < 1]
         if bad:
             raise ValueError(f"MambaVision: window sizes must be at least 1, got {window_size}")
-        dims = [dim * 2 ** i for i in range(num_stages)]
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.output_fmt = "NHWC"
-        self.min_input_size = min_input_size
-        self.grad_checkpointing = False
+        self.stem = MambaVisionStem(in_chans, in_dim, dim)
 
-        self.stem = MambaVisionStem(in_chans, in_dim, dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        start = 0
-        for i in range(num_stages):
-            self.stages.append(MambaVisionStage(
-                dims[max(i - 1, 0)], dims[i], depths[i], mixer=i in mixer_stages, downsample=i > 0,
-                window_size=window_size[i], num_heads=num_heads[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                drop_path=dpr[start:start + depths[i]], layer_scale=layer_scale, layer_scale_conv=layer_scale_conv,
-                d_state=d_state, d_conv=ssm_conv, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
-                scan_backend=scan_backend,
-            ))
-            start += depths[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = BatchNormNHWC(self.num_features)
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-                                   input_fmt="NHWC")
+        def make_stage(i: int, dim_in: int, dim_out: int, drop_path: List[float]) -> MambaVisionStage:
+            return MambaVisionStage(
+                dim_in, dim_out, mixer=i in mixer_stages, downsample=i > 0, window_size=window_size[i],
+                num_heads=num_heads[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path,
+                layer_scale=layer_scale, layer_scale_conv=layer_scale_conv, d_state=d_state, d_conv=ssm_conv,
+                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, scan_backend=scan_backend)
+
+        self.build_stages(make_stage, stage_dims(dim, num_stages), depths, drop_path_rate)
+        self.add_head(BatchNormNHWC(self.num_features), global_pool, drop_rate)
         self.apply(_init_weights)
 
-    # ---- timm API (the rest is StagedBackbone's) ----------------------------------------------------
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def drop_head(self) -> None:
-        self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -356,7 +319,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: MambaVision) -> Dict[str, torc
                 k = re.sub(pattern, repl, k)
             renamed[k] = v
         sd = renamed
-    return remap_state_dict(sd, model, rules=[], input_conv="stem.conv.0")
+    return match_state_dict(sd, model, input_conv="stem.conv.0")
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
@@ -398,7 +361,7 @@ default_cfgs = generate_default_cfgs({
 
 def _model(variant: str, pretrained: bool, kwargs: Dict, **args) -> MambaVision:
     """The variant's ``args``, overridden by the caller's ``kwargs``."""
-    return build_family_model(MambaVision, variant, pretrained, checkpoint_filter_fn, **dict(args, **kwargs))
+    return build_family_model(MambaVision, variant, pretrained, **dict(args, **kwargs))
 
 
 _LS = dict(layer_scale=1e-5)  # B, L, L2: layer scale in the mixer stages

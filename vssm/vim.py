@@ -26,13 +26,13 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import (DropPath, RmsNormFp32, lecun_normal_, register_notrace_function, resample_abs_pos_embed,
-                         trunc_normal_)
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+                         to_2tuple, trunc_normal_)
+from timm.models import generate_default_cfgs, register_model
 
-from ._backbone import imagenet_cfg
-from ._checkpoint import remap_state_dict, unwrap_state_dict
-from .layers import PatchEmbed, to_2tuple_size
-from .mamba1d import MambaMixer, PlainMambaModel, check_image, custom_file_load, load_official_file
+from ._backbone import build_family_model, check_image, imagenet_cfg
+from ._checkpoint import match_state_dict, unwrap_state_dict
+from .layers import PatchEmbedNHWC
+from .mamba1d import MambaMixer, PlainMambaModel
 
 __all__ = ["Vim", "VimBlock", "checkpoint_filter_fn"]
 
@@ -93,6 +93,10 @@ class Vim(PlainMambaModel):
     """
 
     pool_types = ("token", "avg", "")
+    # official files hold 'model' (the published accuracy: the official training keeps its best checkpoint by
+    # the accuracy of 'model'), 'model_ema', the optimizer and the training args; timm's own loader would take
+    # 'model_ema'. The pretrained cfgs and pretrained_cfg_overlay=dict(file=...) send files to load_pretrained.
+    pretrained_entry = "model"
 
     def __init__(
             self,
@@ -115,18 +119,13 @@ class Vim(PlainMambaModel):
             drop_path_rate: float = 0.0,
             scan_backend: str = "auto",
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, global_pool, embed_dim, min_input_size=patch_size)
         stride = stride or patch_size
-        img_size = to_2tuple_size(img_size)
+        img_size = to_2tuple(img_size)
         if min(img_size) < patch_size:
             raise ValueError(f"Vim: img_size {img_size} is smaller than the patch size {patch_size}")
-        self.num_classes = num_classes
-        self.global_pool = self._check_pool(global_pool)
-        self.in_chans = in_chans
-        self.min_input_size = patch_size
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, norm_layer=None, stride=stride)
+        self.patch_embed = PatchEmbedNHWC(in_chans, embed_dim, patch_size, norm_layer=None, stride=stride)
         self.grid_size = tuple((s - patch_size) // stride + 1 for s in img_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -192,13 +191,8 @@ class Vim(PlainMambaModel):
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
-    @torch.jit.ignore
-    def load_pretrained(self, path: str) -> None:
-        """Load an official Vim file: its ``'model'`` weights (those of the published accuracy: the official
-        training keeps its best checkpoint by the accuracy of ``'model'``; the file also holds ``'model_ema'``, the
-        optimizer and the training ``args``). timm's own file loader would take ``'model_ema'``; the pretrained cfgs
-        and ``pretrained_cfg_overlay=dict(file=...)`` send files here."""
-        load_official_file(self, path, "model", checkpoint_filter_fn)
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Vim) -> Dict[str, torch.Tensor]:
@@ -214,7 +208,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Vim) -> Dic
         if side * side != pos.shape[1] - 1:
             raise ValueError(f"Vim checkpoint pos_embed {tuple(pos.shape)} is not a square grid plus a class token")
         sd["pos_embed"] = resample_middle_pos_embed(pos, (side, side), model.grid_size)
-    return remap_state_dict(sd, model, rules=[], classifier="head", input_conv="patch_embed.proj")
+    return match_state_dict(sd, model, classifier="head", input_conv="patch_embed.proj")
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
@@ -229,7 +223,7 @@ def _cfg(hf_hub_id: str, hf_hub_filename: str, **kwargs) -> Dict:
 
 
 # The official files (Hugging Face hf_hub_id / hf_hub_filename) hold 'model' (the published accuracy),
-# 'model_ema', the optimizer and the training args; load_pretrained takes 'model'.
+# 'model_ema', the optimizer and the training args; load_pretrained takes 'model' (Vim.pretrained_entry).
 default_cfgs = generate_default_cfgs({
     "vim_tiny.in1k": _cfg("hustvl/Vim-tiny-midclstok", "vim_t_midclstok_76p1acc.pth",
                           notes=("official Vim-tiny, top-1 76.1",)),
@@ -245,11 +239,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
-    out_indices = kwargs.pop("out_indices", 3)
-    kwargs = custom_file_load(kwargs)
-    return build_model_with_cfg(
-        Vim, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
+    kwargs.setdefault("out_indices", 3)  # features_only: the last three layers
+    return build_family_model(Vim, variant, pretrained, file_custom_load=True, **kwargs)
 
 
 @register_model

@@ -22,48 +22,18 @@ stage exactly as the official code does).
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ._backbone import StagedBackbone, build_family_model, imagenet_cfg, release_file
-from ._checkpoint import remap_state_dict, unwrap_state_dict
-from .layers import ConvStem, PatchEmbed, VSSBlock, build_downsample, init_vssm_weights
+from ._backbone import Stage, StagedBackbone, build_family_model, imagenet_cfg, release_file, stage_dims
+from ._checkpoint import match_state_dict, unwrap_state_dict
+from .layers import SS2D, ConvStem, PatchEmbedNHWC, VSSBlock, build_downsample, init_vssm_weights
 
-__all__ = ["VMamba", "VMambaStage", "checkpoint_filter_fn"]
-
-
-class VMambaStage(nn.Module):
-    """Optional downsample (stages > 0) followed by ``depth`` :class:`VSSBlock` s, channels-last in/out."""
-
-    def __init__(
-            self,
-            dim: int,
-            dim_out: int,
-            depth: int,
-            downsample: Optional[str] = None,
-            drop_path: Sequence[float] = (),
-            norm_layer=nn.LayerNorm,
-            **block_kwargs,
-    ):
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = build_downsample(downsample, dim, dim_out, norm_layer) if downsample else nn.Identity()
-        drop_path = list(drop_path) or [0.0] * depth
-        self.blocks = nn.Sequential(*[
-            VSSBlock(dim_out, drop_path=drop_path[i], norm_layer=norm_layer, **block_kwargs) for i in range(depth)
-        ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x
+__all__ = ["VMamba", "checkpoint_filter_fn"]
 
 
 class VMamba(StagedBackbone):
@@ -79,6 +49,8 @@ class VMamba(StagedBackbone):
         d_state, ssm_ratio, dt_rank, ssm_conv, ssm_conv_bias, gate: SS2D options (see :class:`vssm.layers.SS2D`).
         scan: scan pattern name from :mod:`vssm.scans`.  scan_backend: selective-scan backend.
         mlp_ratio: MLP hidden ratio (0: no MLP branch).
+        mixer_layer: the blocks' mixer (:class:`vssm.layers.SS2D` or a subclass).  block_mixer_kwargs: extra mixer
+            options per block (``sum(depths)`` dicts, blocks in order over all stages), or None.
         drop_rate: classifier dropout.  proj_drop_rate: MLP / mixer output dropout.
         drop_path_rate: stochastic depth, linear over all blocks.
         norm_eps: LayerNorm epsilon (official: 1e-5).  min_input_size: smallest accepted H / W.
@@ -104,6 +76,8 @@ class VMamba(StagedBackbone):
             scan: str = "cross",
             scan_backend: str = "auto",
             mlp_ratio: float = 4.0,
+            mixer_layer: Type[SS2D] = SS2D,
+            block_mixer_kwargs: Optional[Sequence[Dict]] = None,
             drop_rate: float = 0.0,
             proj_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
@@ -111,76 +85,36 @@ class VMamba(StagedBackbone):
             min_input_size: int = 32,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
     ):
-        super().__init__()
-        num_stages = len(depths)
-        if isinstance(dims, int):
-            dims = [dims * 2 ** i for i in range(num_stages)]
-        dims = list(dims)
-        if len(dims) != num_stages:
-            raise ValueError(f"dims {dims} and depths {list(depths)} must have the same length")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.output_fmt = "NHWC"
-        self.min_input_size = min_input_size
-        self.grad_checkpointing = False
-        norm_layer = _ln(norm_eps)
-
+        super().__init__(in_chans, num_classes, min_input_size)
+        dims = stage_dims(dims, len(depths))
+        per_block = [{}] * sum(depths) if block_mixer_kwargs is None else list(block_mixer_kwargs)
+        if len(per_block) != sum(depths):
+            raise ValueError(f"block_mixer_kwargs has {len(per_block)} entries for {sum(depths)} blocks")
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         if stem == "conv":
             self.stem = ConvStem(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
         elif stem == "patch":
-            self.stem = PatchEmbed(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
+            self.stem = PatchEmbedNHWC(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
         else:
             raise ValueError(f"unknown stem {stem!r}; valid: 'conv' (v2), 'patch' (v0)")
-
-        total = sum(depths)
-        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as torch.linspace
         block_kwargs = dict(
-            mlp_ratio=mlp_ratio, mlp_drop=proj_drop_rate, scan=scan, d_state=d_state, ssm_ratio=ssm_ratio,
-            dt_rank=dt_rank, d_conv=ssm_conv, conv_bias=ssm_conv_bias, gate=gate, norm_layer=norm_layer,
-            dropout=proj_drop_rate, backend=scan_backend,
+            mlp_ratio=mlp_ratio, mlp_drop=proj_drop_rate, mixer_layer=mixer_layer, scan=scan, d_state=d_state,
+            ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=ssm_conv, conv_bias=ssm_conv_bias, gate=gate,
+            norm_layer=norm_layer, dropout=proj_drop_rate, backend=scan_backend,
         )
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        stride, start = patch_size, 0
-        for i in range(num_stages):
-            if i > 0:
-                stride *= 2
-            self.stages.append(VMambaStage(
-                dims[max(i - 1, 0)], dims[i], depths[i],
-                downsample=downsample if i > 0 else None,
-                drop_path=dpr[start:start + depths[i]],
-                **block_kwargs,
-            ))
-            start += depths[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=stride, module=f"stages.{i}"))
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = norm_layer(self.num_features)
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-                                   input_fmt="NHWC")
+
+        def make_stage(i: int, in_dim: int, dim: int, drop_path: List[float]) -> Stage:
+            first = sum(depths[:i])
+            return Stage([VSSBlock(dim, drop_path=dp, **block_kwargs, **per_block[first + j])
+                          for j, dp in enumerate(drop_path)],
+                         downsample=build_downsample(downsample, in_dim, dim, norm_layer) if i > 0 else None)
+
+        self.build_stages(make_stage, dims, depths, drop_path_rate, stem_reduction=patch_size)
+        self.add_head(norm_layer(self.num_features), global_pool, drop_rate)
         self.apply(init_vssm_weights)
 
-    # ---- timm API (the rest is StagedBackbone's) ----------------------------------------------------
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def drop_head(self) -> None:
-        self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-
-def _ln(eps: float):
-    def norm_layer(dim: int) -> nn.LayerNorm:
-        return nn.LayerNorm(dim, eps=eps)
-    return norm_layer
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
 
 
 # ---- official checkpoint mapping --------------------------------------------------------------------
@@ -226,14 +160,14 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VMamba) -> 
     sd = unwrap_state_dict(state_dict)
     input_conv = ("stem.conv1" if isinstance(model.stem, ConvStem) else "stem.proj")
     if any(k.startswith("stem.") for k in sd):  # already ours
-        return remap_state_dict(sd, model, rules=[], input_conv=input_conv)
+        return match_state_dict(sd, model, input_conv=input_conv)
     rules = (_V2_RULES if isinstance(model.stem, ConvStem) else _V0_RULES) + _COMMON_RULES
     renamed = {}
     for k, v in sd.items():
         for pattern, repl in rules:
             k = re.sub(pattern, repl, k)
         renamed[k] = v
-    return remap_state_dict(_shift_downsample(renamed), model, rules=[], input_conv=input_conv)
+    return match_state_dict(_shift_downsample(renamed), model, input_conv=input_conv)
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
@@ -285,7 +219,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
-    return build_family_model(VMamba, variant, pretrained, checkpoint_filter_fn, **kwargs)
+    return build_family_model(VMamba, variant, pretrained, **kwargs)
 
 
 _V2 = dict(stem="conv", downsample="conv3", d_state=1, ssm_conv=3, ssm_conv_bias=False, gate=False, mlp_ratio=4.0)

@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, ConvNormAct, register_notrace_function
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import ConvNormAct, register_notrace_function
+from timm.models import generate_default_cfgs, register_model
 
 from . import kernels
-from ._backbone import StagedBackbone, build_family_model, imagenet_cfg
-from ._checkpoint import load_checkpoint_file, remap_state_dict, unwrap_state_dict
+from ._backbone import Stage, StagedBackbone, build_family_model, imagenet_cfg, stage_dims
+from ._checkpoint import load_checkpoint_file, match_state_dict, unwrap_state_dict
 from . import layers
 from .layers import DropPath, Mlp, init_vssm_weights
 
-__all__ = ["VSSD", "VSSDStage", "VSSDBlock", "NonCausalSSD", "Attention", "VSSDStem", "ConvPatchMerging", "run_ssd",
+__all__ = ["VSSD", "VSSDBlock", "NonCausalSSD", "MapAttention", "VSSDStem", "ConvPatchMerging", "run_ssd",
            "checkpoint_filter_fn"]
 
 SSD_FORMS = ("noncausal", "causal", "bidirectional")
@@ -165,7 +165,7 @@ class NonCausalSSD(nn.Module):
         return self.out_proj(y).reshape(x.shape)
 
 
-class Attention(layers.Attention):
+class MapAttention(layers.Attention):
     """The shared multi-head self-attention (:class:`vssm.layers.Attention`: bias-free ``qkv``, ``proj``,
     ``F.scaled_dot_product_attention``) over ``(B, H, W, dim)`` tokens."""
 
@@ -175,15 +175,15 @@ class Attention(layers.Attention):
 
 class VSSDBlock(nn.Module):
     """``x + cpe1(x)``, ``x + drop_path(mixer(norm1(x)))``, ``x + cpe2(x)``, ``x + drop_path(mlp(norm2(x)))``
-    on ``(B, H, W, dim)``; the mixer is :class:`NonCausalSSD` or (``attention=True``) :class:`Attention`."""
+    on ``(B, H, W, dim)``; the mixer is :class:`NonCausalSSD` or (``attention=True``) :class:`MapAttention`."""
 
     def __init__(self, dim: int, num_heads: int, attention: bool = False, mlp_ratio: float = 4.0,
                  drop: float = 0.0, drop_path: float = 0.0, **ssd_kwargs):
         super().__init__()
         self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.mixer = Attention(dim, num_heads, attn_drop=drop) if attention else NonCausalSSD(dim, num_heads,
-                                                                                              **ssd_kwargs)
+        self.mixer = (MapAttention(dim, num_heads, attn_drop=drop) if attention
+                      else NonCausalSSD(dim, num_heads, **ssd_kwargs))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -198,24 +198,6 @@ class VSSDBlock(nn.Module):
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         x = self._cpe(self.cpe2, x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class VSSDStage(nn.Module):
-    """Optional :class:`ConvPatchMerging` from ``in_dim``, then ``depth`` blocks at ``dim``."""
-
-    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, downsample: bool, attention: bool,
-                 drop_path: Sequence[float], **block_kwargs):
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = ConvPatchMerging(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[
-            VSSDBlock(dim, num_heads, attention=attention, drop_path=dp, **block_kwargs) for dp in drop_path])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class VSSD(StagedBackbone):
@@ -254,52 +236,28 @@ class VSSD(StagedBackbone):
             min_input_size: int = 1,
             pretrained_key: Optional[str] = None,
     ):
-        super().__init__()
+        super().__init__(in_chans, num_classes, min_input_size)
         num_stages = len(depths)
         if len(num_heads) != num_stages or len(attn_stages) != num_stages:
             raise ValueError(f"depths {list(depths)}, num_heads {list(num_heads)} and attn_stages "
                              f"{list(attn_stages)} must have the same length")
-        dims = [embed_dim * 2 ** i for i in range(num_stages)]
-        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
-        self.output_fmt = "NHWC"
-        self.min_input_size = min_input_size
         self.pretrained_key = pretrained_key
-        self.grad_checkpointing = False
+        dims = stage_dims(embed_dim, num_stages)
         self.stem = VSSDStem(in_chans, dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        ssd_kwargs = dict(expand=ssd_expansion, d_state=d_state, ngroups=ssd_ngroups, chunk_size=ssd_chunk_size,
-                          form=ssd_form, positive_dA=positive_dA, backend=ssd_backend)
-        self.stages = nn.Sequential()
-        self.feature_info = []
-        stride, start = 4, 0
-        for i in range(num_stages):
-            stride *= 2 if i > 0 else 1
-            self.stages.append(VSSDStage(
-                dims[max(i - 1, 0)], dims[i], depths[i], num_heads[i], downsample=i > 0, attention=attn_stages[i],
-                drop_path=dpr[start:start + depths[i]], mlp_ratio=mlp_ratio, drop=drop_rate, **ssd_kwargs))
-            start += depths[i]
-            self.feature_info.append(dict(num_chs=dims[i], reduction=stride, module=f"stages.{i}"))
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = nn.LayerNorm(dims[-1])
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-                                   input_fmt="NHWC")
+        block_kwargs = dict(mlp_ratio=mlp_ratio, drop=drop_rate, expand=ssd_expansion, d_state=d_state,
+                            ngroups=ssd_ngroups, chunk_size=ssd_chunk_size, form=ssd_form, positive_dA=positive_dA,
+                            backend=ssd_backend)
+
+        def make_stage(i: int, dim_in: int, dim_out: int, drop_path: List[float]) -> Stage:
+            return Stage([VSSDBlock(dim_out, num_heads[i], attention=attn_stages[i], drop_path=dp, **block_kwargs)
+                          for dp in drop_path], downsample=ConvPatchMerging(dim_in, dim_out) if i > 0 else None)
+
+        self.build_stages(make_stage, dims, depths, drop_path_rate)
+        self.add_head(nn.LayerNorm(dims[-1]), global_pool, drop_rate)
         self.apply(init_vssm_weights)
 
-    # ---- timm API (the rest is StagedBackbone's) ----------------------------------------------------
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def drop_head(self) -> None:
-        self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+    def checkpoint_filter(self, state_dict: Dict) -> Dict[str, torch.Tensor]:
+        return checkpoint_filter_fn(state_dict, self)
 
 
 # ---- official checkpoint mapping --------------------------------------------------------------------
@@ -356,7 +314,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VSSD) -> Di
         for pattern, repl in rules:
             k = re.sub(pattern, repl, k)
         renamed[k] = v
-    return remap_state_dict(renamed, model, rules=[], classifier="head.fc", input_conv="stem.conv1.conv")
+    return match_state_dict(renamed, model, classifier="head.fc", input_conv="stem.conv1.conv")
 
 
 # ---- configs and factories ----------------------------------------------------------------------------
@@ -396,7 +354,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vssd(variant: str, pretrained: bool = False, **kwargs) -> VSSD:
-    return build_family_model(VSSD, variant, pretrained, checkpoint_filter_fn, **kwargs)
+    return build_family_model(VSSD, variant, pretrained, **kwargs)
 
 
 @register_model

@@ -7,7 +7,8 @@ checkpoints through the family's own ``checkpoint_filter_fn`` (the same mapping 
 
 A family plugs in by providing, on the timm model: ``stem`` and ``stages`` (an indexable container of
 stages, stage ``i`` producing ``feature_info[i]``), ``feature_info``, ``forward_intermediates`` (timm
-signature), ``set_grad_checkpointing``, and a module-level ``checkpoint_filter_fn(state_dict, model)``.
+signature), ``set_grad_checkpointing``, and the :class:`vssm._backbone.FamilyModel` hooks ``checkpoint_filter``
+(official checkpoint -> state dict) and ``head_modules`` (the modules only the classification head uses).
 The plain (one-width) families Vim and Mamba-ND have ``patch_embed`` and ``layers`` instead: every layer counts
 as a stage, and ``pyramid=True`` turns their stride-16 maps into maps at strides 4 / 8 / 16 / 32.
 timm's own EfficientViM (``efficientvim_m1`` .. ``efficientvim_m4``, ``*_dist``) is served as timm ships it
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
@@ -26,7 +26,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
-from .._checkpoint import CheckpointMismatchError, remap_state_dict, unwrap_state_dict
+from .._checkpoint import CheckpointMismatchError, match_state_dict, unwrap_state_dict
 
 __all__ = ["VSSMBackbone", "list_archs", "load_backbone_checkpoint"]
 
@@ -49,9 +49,10 @@ def list_archs() -> List[str]:
     return sorted(out)
 
 
-# top-level modules of the timm models that only the classification head uses (forward_intermediates with
-# norm=False never touches them)
-_HEAD_PREFIXES = ("norm.", "head.", "cls_block.", "fc_norm.")
+def _head_modules(model: nn.Module) -> Tuple[str, ...]:
+    """Top-level modules of the timm model that only the classification head uses (forward_intermediates with
+    norm=False never touches them): the family's ``head_modules``."""
+    return tuple(getattr(model, "head_modules", ("norm", "head")))
 
 
 def _trunk_names(model: nn.Module) -> Tuple[str, str]:
@@ -191,8 +192,8 @@ class VSSMBackbone(BaseModule):
         # parameters the forward never uses (the classification head's modules: final norm, classifier, GroupMamba's
         # class-token block; stages past the last output) must not require grad, or DDP complains about unused
         # parameters. They stay in the model: official checkpoints hold them and load with the full key check.
-        self._unused_prefixes = list(_HEAD_PREFIXES) + [f"{self._stages_name}.{i}." for i in
-                                                        range(max(out_indices) + 1, num_stages)]
+        self._unused_prefixes = [f"{m}." for m in _head_modules(self.model)] + [
+            f"{self._stages_name}.{i}." for i in range(max(out_indices) + 1, num_stages)]
         for name, p in self.model.named_parameters():
             if any(name.startswith(pre) for pre in self._unused_prefixes):
                 p.requires_grad_(False)
@@ -277,7 +278,7 @@ _OFFICIAL_OUT_NORM = re.compile(r"^outnorm(\d+)\.")
 def _without_head(model: nn.Module):
     """The model with its classification-only modules (final norm, classifier, class block) set aside, for the
     official dense checkpoints, which drop them: they keep their init."""
-    names = [p.rstrip(".") for p in _HEAD_PREFIXES if isinstance(getattr(model, p.rstrip("."), None), nn.Module)]
+    names = [n for n in _head_modules(model) if isinstance(getattr(model, n, None), nn.Module)]
     kept = {n: getattr(model, n) for n in names}
     for n in names:
         setattr(model, n, nn.Identity())
@@ -286,11 +287,6 @@ def _without_head(model: nn.Module):
     finally:
         for n, m in kept.items():
             setattr(model, n, m)
-
-
-def _family_filter(model: nn.Module):
-    module = sys.modules.get(type(model).__module__)
-    return getattr(module, "checkpoint_filter_fn", None)
 
 
 def load_backbone_checkpoint(backbone: VSSMBackbone, path: str, prefix: Optional[str] = None) -> Dict[str, list]:
@@ -317,11 +313,10 @@ def load_backbone_checkpoint(backbone: VSSMBackbone, path: str, prefix: Optional
     if dense:  # an official dense backbone: output norms outnorm{i}, no final norm / classifier
         out_norm_sd.update({_OFFICIAL_OUT_NORM.sub(r"out_norms.\1.", k): model_sd.pop(k) for k in dense})
     with _without_head(backbone.model) if dense else contextlib.nullcontext(backbone.model) as model:
-        filter_fn = _family_filter(model)
-        if filter_fn is not None:
-            model_sd = filter_fn(model_sd, model)
+        if hasattr(model, "checkpoint_filter"):
+            model_sd = model.checkpoint_filter(model_sd)
         else:
-            model_sd = remap_state_dict(model_sd, model, rules=[])
+            model_sd = match_state_dict(model_sd, model)
         target = model.state_dict()
         # the classifier is not part of the backbone; timm's filters keep it, we drop it
         model_sd = {k: v for k, v in model_sd.items() if k in target}

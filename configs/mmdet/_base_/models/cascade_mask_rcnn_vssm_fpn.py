@@ -1,42 +1,14 @@
-# Cascade Mask R-CNN with FPN on a vssm backbone (mmdet 3.x cascade-mask-rcnn_r50_fpn heads and train/test
-# settings: three cascade stages at IoU 0.5 / 0.6 / 0.7). Per-variant configs set backbone.arch /
-# drop_path_rate / init_cfg and neck.in_channels, and may replace the bbox heads.
+# Cascade Mask R-CNN with FPN on a vssm backbone: the Mask R-CNN model of mask_rcnn_vssm_fpn.py with mmdet 3.x
+# cascade-mask-rcnn_r50_fpn's cascade (three stages at IoU 0.5 / 0.6 / 0.7) and its RPN settings. Per-variant configs
+# set backbone.arch / drop_path_rate / init_cfg and neck.in_channels, and may replace the bbox heads.
+_base_ = ['./mask_rcnn_vssm_fpn.py']
 model = dict(
     type='CascadeRCNN',
-    data_preprocessor=dict(
-        type='DetDataPreprocessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        pad_mask=True,
-        pad_size_divisor=32),
-    backbone=dict(
-        type='VSSMBackbone',
-        arch='vmamba_tiny',
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.2,
-        frozen_stages=-1,
-        with_cp=False),
-    neck=dict(type='FPN', in_channels=[96, 192, 384, 768], out_channels=256, num_outs=5),
-    rpn_head=dict(
-        type='RPNHead',
-        in_channels=256,
-        feat_channels=256,
-        anchor_generator=dict(
-            type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]),
-        bbox_coder=dict(
-            type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0], target_stds=[1.0, 1.0, 1.0, 1.0]),
-        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
-        loss_bbox=dict(type='SmoothL1Loss', beta=1.0 / 9.0, loss_weight=1.0)),
+    rpn_head=dict(loss_bbox=dict(type='SmoothL1Loss', beta=1.0 / 9.0, loss_weight=1.0)),
     roi_head=dict(
         type='CascadeRoIHead',
         num_stages=3,
         stage_loss_weights=[1, 0.5, 0.25],
-        bbox_roi_extractor=dict(
-            type='SingleRoIExtractor',
-            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
-            out_channels=256,
-            featmap_strides=[4, 8, 16, 32]),
         bbox_head=[
             dict(
                 type='Shared2FCBBoxHead',
@@ -49,29 +21,10 @@ model = dict(
                 loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
                 loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0))
             for stds in ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
-        ],
-        mask_roi_extractor=dict(
-            type='SingleRoIExtractor',
-            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
-            out_channels=256,
-            featmap_strides=[4, 8, 16, 32]),
-        mask_head=dict(
-            type='FCNMaskHead',
-            num_convs=4,
-            in_channels=256,
-            conv_out_channels=256,
-            num_classes=80,
-            loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
+        ]),
     train_cfg=dict(
-        rpn=dict(
-            assigner=dict(
-                type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                match_low_quality=True, ignore_iof_thr=-1),
-            sampler=dict(type='RandomSampler', num=256, pos_fraction=0.5, neg_pos_ub=-1, add_gt_as_proposals=False),
-            allowed_border=0,
-            pos_weight=-1,
-            debug=False),
-        rpn_proposal=dict(nms_pre=2000, max_per_img=2000, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+        rpn=dict(allowed_border=0),
+        rpn_proposal=dict(max_per_img=2000),
         rcnn=[
             dict(
                 assigner=dict(
@@ -83,7 +36,4 @@ model = dict(
                 pos_weight=-1,
                 debug=False)
             for iou in (0.5, 0.6, 0.7)
-        ]),
-    test_cfg=dict(
-        rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
-        rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=100, mask_thr_binary=0.5)))
+        ]))
