@@ -21,11 +21,16 @@ import torch.nn.functional as F
 
 from .reference import compute_dtype, discretize, readout
 
+try:  # torch >= 2.5: a loop as one higher-order op (exported to ONNX as one Scan node)
+    from torch._higher_order_ops.scan import scan as _scan_op
+except ImportError:  # pragma: no cover
+    _scan_op = None
+
 
 def log_floor(dtype: torch.dtype) -> float:
     """Lower bound put on every log-decay before ``exp``: ``exp`` of it is still a normal number (float32's
     smallest is ``exp(-87.3)``, float64's ``exp(-708)``). Decays below it are zero to working precision anyway,
-    but ``exp`` and products that go subnormal run about 300x slower on x86 CPUs."""
+    but ``exp`` and products that go subnormal run far slower on x86 CPUs (docs/performance.md)."""
     return -700.0 if dtype == torch.float64 else -80.0
 
 
@@ -34,20 +39,24 @@ def chunk_length(length: int) -> int:
     return max(1, min(64, math.isqrt(max(length - 1, 0)) + 1))
 
 
+def _recurrence_step(h: torch.Tensor, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    h = xs[0] * h + xs[1]
+    return h, h.clone()
+
+
 def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor, dim: int, traced_loop: bool = False) -> torch.Tensor:
-    """All states ``h_t = decay_t * h_{t-1} + drive_t`` (``h_{-1} = 0``) along ``dim``, same shape as ``drive``.
+    """All states ``h_t = decay_t * h_{t-1} + drive_t`` (``h_{-1} = 0``) along ``dim``; ``decay`` and ``drive`` of
+    one shape, the result too.
 
     ``traced_loop``: run the loop as one ``torch.ops.higher_order.scan`` (exported to ONNX as one ``Scan`` node)
-    instead of a Python loop (unrolled into ``2 * steps`` nodes when traced)."""
+    instead of a Python loop (unrolled into ``2 * steps`` nodes when traced). It scans ``(steps, M)`` matrices
+    with a carry of exactly the per-step shape ``(M,)``, so that the combine function broadcasts nothing, whatever
+    sizes dynamo traces it with, and both calls of :func:`selective_scan_chunked` trace the same ranks."""
     if traced_loop:
-        from torch._higher_order_ops.scan import scan
-
-        def step(h, xs):
-            h = xs[0] * h + xs[1]
-            return h, h.clone()
-
-        init = drive.new_zeros(drive.shape[:dim] + drive.shape[dim + 1:])
-        return scan(step, init, (decay, drive), dim=dim)[1]
+        steps, shape = drive.shape[dim], drive.movedim(dim, 0).shape
+        decay, drive = (t.movedim(dim, 0).reshape(steps, -1) for t in (decay, drive))
+        states = _scan_op(_recurrence_step, torch.zeros_like(drive[0]), (decay, drive))[1]
+        return states.view(shape).movedim(0, dim)
     h = torch.zeros_like(drive.select(dim, 0))
     states = []
     for t in range(drive.shape[dim]):

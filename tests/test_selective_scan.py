@@ -122,6 +122,30 @@ def test_auto_picks_chunked_on_cpu():
     assert {"auto", "reference", "chunked"} <= set(kernels.list_backends())
 
 
+def test_resolution_takes_the_dtype(monkeypatch):
+    """A backend declares the dtypes it takes; "auto" and a named backend that does not take the dtype resolve to
+    the best one that does (the float64 fallback of the Triton kernels)."""
+    import importlib
+    ss = importlib.import_module("vssm.kernels.selective_scan")
+    monkeypatch.setattr(ss, "_BACKENDS", dict(ss._BACKENDS))
+    monkeypatch.setattr(ss, "_OPAQUE_BACKWARD", set(ss._OPAQUE_BACKWARD))
+    kernels.register_backend("fp32_only", selective_scan_reference, priority=99, dtypes=(torch.float32,))
+    cpu = torch.device("cpu")
+    assert kernels.resolve_backend("auto", cpu, torch.float32) == "fp32_only"
+    assert kernels.resolve_backend("auto", cpu, torch.float64) == "chunked"
+    assert kernels.resolve_backend("fp32_only", cpu, torch.float64) == "chunked"
+    inputs = make_inputs(dtype=torch.float64)
+    y = kernels.selective_scan(**inputs, backend="fp32_only")  # runs the chunked backend: float64 exact
+    assert torch.allclose(y, selective_scan_reference(*inputs.values()), atol=1e-10, rtol=0)
+    if "triton" in kernels.list_backends():
+        cuda = torch.device("cuda")
+        assert kernels.resolve_backend("auto", cuda, torch.bfloat16) == "triton"
+        assert kernels.resolve_backend("auto", cuda, torch.float64) == "chunked"
+        assert kernels.resolve_backend("triton", cuda, torch.float64) == "chunked"
+        with pytest.raises(ValueError, match="runs on cuda"):  # the device is checked before the dtype
+            kernels.resolve_backend("triton", cpu, torch.float64)
+
+
 def test_unknown_backend_lists_valid_ones():
     with pytest.raises(ValueError, match="valid: auto.*chunked.*reference"):
         kernels.selective_scan(**make_inputs(), backend="cuda_magic")
