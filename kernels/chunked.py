@@ -10,7 +10,8 @@ that cover the whole batch:
    of the log decay ``a = dt * A``.
 
 Only decays ``exp(a) <= 1`` and ``exp(S_t) <= 1`` are ever formed (for A <= 0), so strongly negative A and
-long L cannot overflow. With ``T ~ sqrt(L)`` the loops run about ``2 sqrt(L)`` steps instead of ``L``.
+long L cannot overflow. With ``T ~ sqrt(L)`` the loops run about ``2 sqrt(L)`` steps instead of ``L``. The
+inference form runs narrow steps (few channels and states per step, e.g. batch 1) as one chunk of ``L`` steps.
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def log_floor(dtype: torch.dtype) -> float:
     smallest is ``exp(-87.3)``, float64's ``exp(-708)``). Decays below it are zero to working precision anyway,
     but ``exp`` and products that go subnormal run far slower on x86 CPUs (docs/performance.md)."""
     return -700.0 if dtype == torch.float64 else -80.0
+
+
+# per-step elements (batch * channels * N) below which the inference form runs the plain recurrence, one step at a
+# time (one chunk): its per-step slices stay in cache and no carried state is formed (docs/performance.md)
+SEQUENTIAL_WIDTH = 32768
 
 
 def chunk_length(length: int) -> int:
@@ -114,12 +120,12 @@ def _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk=Non
     innermost axis, so the broadcasts ``dt_d A_dn`` and ``x_d B_n`` run along contiguous rows, and the read-out
     by C is one batched vector-matrix product per (step, chunk). The carried state's contribution
     ``exp(A S_t) * H_c`` uses the in-chunk cumulative step size ``S_t``; every exponent is floored at
-    :func:`log_floor`."""
+    :func:`log_floor`. Steps narrower than ``SEQUENTIAL_WIDTH`` elements run as one chunk (no carried state)."""
     cdt = compute_dtype(u.dtype)
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], B.shape[2]
     d = channels // groups
-    T = chunk or chunk_length(length)
+    T = chunk or (length if batch * channels * n_state < SEQUENTIAL_WIDTH else chunk_length(length))
     n_chunks = -(-length // T)
     pad = n_chunks * T - length
     floor = log_floor(cdt)
@@ -143,14 +149,14 @@ def _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk=Non
     for t in range(1, T):
         h[t].addcmul_(decay[t], h[t - 1])
 
-    # 2. state entering each chunk: H_{c+1} = exp(A S_end) H_c + h_end_c
-    torch.mul(dt_c.cumsum(0), a, out=decay).clamp_(min=floor).exp_()  # the decay buffer now holds exp(A S_t)
-    carry = torch.zeros_like(h[0])  # (batch, G, n_chunks, N, D)
-    for c in range(1, n_chunks):
-        torch.addcmul(h[-1, :, :, c - 1], decay[-1, :, :, c - 1], carry[:, :, c - 1], out=carry[:, :, c])
-
-    # 3. full states, read out with C
-    h.addcmul_(decay, carry)
-    y = torch.matmul(c_c, h).squeeze(-2)  # (T, batch, G, n_chunks, D)
+    if n_chunks > 1:
+        # 2. state entering each chunk: H_{c+1} = exp(A S_end) H_c + h_end_c
+        torch.mul(dt_c.cumsum(0), a, out=decay).clamp_(min=floor).exp_()  # the decay buffer now holds exp(A S_t)
+        carry = torch.zeros_like(h[0])  # (batch, G, n_chunks, N, D)
+        for c in range(1, n_chunks):
+            torch.addcmul(h[-1, :, :, c - 1], decay[-1, :, :, c - 1], carry[:, :, c - 1], out=carry[:, :, c])
+        # 3. full states
+        h.addcmul_(decay, carry)
+    y = torch.matmul(c_c, h).squeeze(-2)  # read out with C: (T, batch, G, n_chunks, D)
     y = y.permute(1, 2, 4, 3, 0).reshape(batch, channels, n_chunks * T)[:, :, :length]
     return y.addcmul(D.to(cdt)[:, None], u32).to(u.dtype)

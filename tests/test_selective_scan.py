@@ -92,6 +92,23 @@ def test_chunk_length_does_not_change_result(chunk):
     assert torch.allclose(selective_scan_chunked(**inputs, chunk=chunk), y_ref, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_inference_form_runs_narrow_steps_as_one_chunk(monkeypatch, dtype, tol):
+    """Without autograd, steps narrower than SEQUENTIAL_WIDTH elements (batch * channels * N) run the recurrence as
+    one chunk, wider ones in chunks of chunk_length(L) with the carried state: both give the reference."""
+    from vssm.kernels import chunked
+    inputs = make_inputs(batch=2, groups=2, d=3, n=16, length=100, dtype=dtype, a_scale=5.0)
+    y_ref = kernels.selective_scan(**inputs, backend="reference")
+    picked = []
+    monkeypatch.setattr(chunked, "chunk_length", lambda length: picked.append(length) or 10)
+    for width, chunked_form in ((2 * 6 * 16 + 1, False), (2 * 6 * 16, True)):
+        monkeypatch.setattr(chunked, "SEQUENTIAL_WIDTH", width)
+        picked.clear()
+        y = chunked.selective_scan_chunked(**inputs)
+        assert picked == ([100] if chunked_form else [])
+        assert (y - y_ref).abs().max() <= tol * y_ref.abs().max()
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
 def test_low_precision_inputs_use_fp32_state(dtype, tol):
     inputs = make_inputs(batch=1, groups=2, d=4, n=16, length=300)
