@@ -10,8 +10,9 @@ that cover the whole batch:
    of the log decay ``a = dt * A``.
 
 Only decays ``exp(a) <= 1`` and ``exp(S_t) <= 1`` are ever formed (for A <= 0), so strongly negative A and
-long L cannot overflow. With ``T ~ sqrt(L)`` the loops run about ``2 sqrt(L)`` steps instead of ``L``. The
-inference form runs narrow steps (few channels and states per step, e.g. batch 1) as one chunk of ``L`` steps.
+long L cannot overflow. With ``T ~ sqrt(L)`` the loops run about ``2 sqrt(L)`` steps instead of ``L``. Without
+autograd, narrow steps (few channels and states per step, e.g. batch 1) run the plain recurrence in cache-sized blocks
+of steps instead (:func:`_sequential_no_grad`).
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ def log_floor(dtype: torch.dtype) -> float:
     return -700.0 if dtype == torch.float64 else -80.0
 
 
-# per-step elements (batch * channels * N) below which the inference form runs the plain recurrence, one step at a
-# time (one chunk): its per-step slices stay in cache and no carried state is formed (docs/performance.md)
+# per-step elements (batch * channels * N) below which the inference form runs the plain recurrence in blocks of
+# steps of at most STEP_BLOCK elements, which stay in cache (docs/performance.md)
 SEQUENTIAL_WIDTH = 32768
+STEP_BLOCK = 1 << 18
 
 
 def chunk_length(length: int) -> int:
@@ -79,6 +81,8 @@ def selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus=True
     :func:`_chunked_no_grad` runs; autograd and tracing take the functional form below."""
     needs_graph = traced_loop or (torch.is_grad_enabled() and any(
         t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)))
+    if not needs_graph and chunk is None and u.shape[0] * u.shape[1] * A.shape[1] < SEQUENTIAL_WIDTH:
+        return _sequential_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if not needs_graph:
         return _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
     batch, channels, length = u.shape
@@ -120,12 +124,12 @@ def _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk=Non
     innermost axis, so the broadcasts ``dt_d A_dn`` and ``x_d B_n`` run along contiguous rows, and the read-out
     by C is one batched vector-matrix product per (step, chunk). The carried state's contribution
     ``exp(A S_t) * H_c`` uses the in-chunk cumulative step size ``S_t``; every exponent is floored at
-    :func:`log_floor`. Steps narrower than ``SEQUENTIAL_WIDTH`` elements run as one chunk (no carried state)."""
+    :func:`log_floor`."""
     cdt = compute_dtype(u.dtype)
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], B.shape[2]
     d = channels // groups
-    T = chunk or (length if batch * channels * n_state < SEQUENTIAL_WIDTH else chunk_length(length))
+    T = chunk or chunk_length(length)
     n_chunks = -(-length // T)
     pad = n_chunks * T - length
     floor = log_floor(cdt)
@@ -149,14 +153,55 @@ def _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk=Non
     for t in range(1, T):
         h[t].addcmul_(decay[t], h[t - 1])
 
-    if n_chunks > 1:
-        # 2. state entering each chunk: H_{c+1} = exp(A S_end) H_c + h_end_c
-        torch.mul(dt_c.cumsum(0), a, out=decay).clamp_(min=floor).exp_()  # the decay buffer now holds exp(A S_t)
-        carry = torch.zeros_like(h[0])  # (batch, G, n_chunks, N, D)
-        for c in range(1, n_chunks):
-            torch.addcmul(h[-1, :, :, c - 1], decay[-1, :, :, c - 1], carry[:, :, c - 1], out=carry[:, :, c])
-        # 3. full states
-        h.addcmul_(decay, carry)
-    y = torch.matmul(c_c, h).squeeze(-2)  # read out with C: (T, batch, G, n_chunks, D)
+    # 2. state entering each chunk: H_{c+1} = exp(A S_end) H_c + h_end_c
+    torch.mul(dt_c.cumsum(0), a, out=decay).clamp_(min=floor).exp_()  # the decay buffer now holds exp(A S_t)
+    carry = torch.zeros_like(h[0])  # (batch, G, n_chunks, N, D)
+    for c in range(1, n_chunks):
+        torch.addcmul(h[-1, :, :, c - 1], decay[-1, :, :, c - 1], carry[:, :, c - 1], out=carry[:, :, c])
+
+    # 3. full states, read out with C
+    h.addcmul_(decay, carry)
+    y = torch.matmul(c_c, h).squeeze(-2)  # (T, batch, G, n_chunks, D)
     y = y.permute(1, 2, 4, 3, 0).reshape(batch, channels, n_chunks * T)[:, :, :length]
+    return y.addcmul(D.to(cdt)[:, None], u32).to(u.dtype)
+
+
+def _sequential_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """The plain recurrence without autograd, for narrow steps (``batch * channels * N < SEQUENTIAL_WIDTH``, e.g.
+    batch 1): one ``addcmul_`` per step, over blocks of ``S`` steps whose decays and states (``S * batch * channels
+    * N <= STEP_BLOCK`` elements each) stay in cache; nothing of ``L * channels * N`` elements is formed. Layout
+    ``(steps, batch, G, N, D)`` as :func:`_chunked_no_grad`'s; every exponent floored at :func:`log_floor`."""
+    cdt = compute_dtype(u.dtype)
+    batch, channels, length = u.shape
+    groups, n_state = B.shape[1], B.shape[2]
+    d = channels // groups
+    floor = log_floor(cdt)
+    u32 = u.to(cdt)
+    dt = delta.to(cdt) + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+
+    def steps_first(t):  # (batch, G, X, L) -> (L, batch, G, 1, X)
+        return t.permute(3, 0, 1, 2).unsqueeze(-2).contiguous()
+
+    dt_s = steps_first(dt.view(batch, groups, d, length))
+    x_s = steps_first((dt * u32).view(batch, groups, d, length))
+    b_s, c_s = steps_first(B.to(cdt)).transpose(-1, -2), steps_first(C.to(cdt))  # (L, b, G, N, 1), (L, b, G, 1, N)
+    a = A.to(cdt).view(groups, d, n_state).transpose(-1, -2).contiguous()  # (G, N, D)
+    S = max(1, min(length, STEP_BLOCK // (batch * channels * n_state)))
+    decay = torch.empty(S, batch, groups, n_state, d, dtype=cdt, device=u.device)
+    h = torch.empty_like(decay)
+    carry = torch.zeros_like(h[0])  # the state before the block
+    y = torch.empty(length, batch, groups, 1, d, dtype=cdt, device=u.device)
+    for s0 in range(0, length, S):
+        n = min(S, length - s0)
+        dec, hs = decay[:n], h[:n]
+        torch.mul(dt_s[s0:s0 + n], a, out=dec).clamp_(min=floor).exp_()
+        torch.mul(x_s[s0:s0 + n], b_s[s0:s0 + n], out=hs)
+        hs[0].addcmul_(dec[0], carry)
+        for t in range(1, n):
+            hs[t].addcmul_(dec[t], hs[t - 1])
+        torch.matmul(c_s[s0:s0 + n], hs, out=y[s0:s0 + n])
+        carry.copy_(hs[n - 1])
+    y = y.squeeze(-2).permute(1, 2, 3, 0).reshape(batch, channels, length)
     return y.addcmul(D.to(cdt)[:, None], u32).to(u.dtype)

@@ -93,14 +93,17 @@ def test_chunk_length_does_not_change_result(chunk):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_inference_form_runs_narrow_steps_as_one_chunk(monkeypatch, dtype, tol):
-    """Without autograd, steps narrower than SEQUENTIAL_WIDTH elements (batch * channels * N) run the recurrence as
-    one chunk, wider ones in chunks of chunk_length(L) with the carried state: both give the reference."""
+@pytest.mark.parametrize("block", [1, 7 * 2 * 6 * 16, 1 << 18])  # one step, blocks of 7 (the last shorter), one block
+def test_inference_form_runs_narrow_steps_in_blocks(monkeypatch, dtype, tol, block):
+    """Without autograd, steps narrower than SEQUENTIAL_WIDTH elements (batch * channels * N) run the plain
+    recurrence in blocks of STEP_BLOCK elements, wider ones in chunks of chunk_length(L) with the carried state:
+    both give the reference."""
     from vssm.kernels import chunked
     inputs = make_inputs(batch=2, groups=2, d=3, n=16, length=100, dtype=dtype, a_scale=5.0)
     y_ref = kernels.selective_scan(**inputs, backend="reference")
     picked = []
     monkeypatch.setattr(chunked, "chunk_length", lambda length: picked.append(length) or 10)
+    monkeypatch.setattr(chunked, "STEP_BLOCK", block)
     for width, chunked_form in ((2 * 6 * 16 + 1, False), (2 * 6 * 16, True)):
         monkeypatch.setattr(chunked, "SEQUENTIAL_WIDTH", width)
         picked.clear()
