@@ -11,8 +11,8 @@ that cover the whole batch:
 
 Only decays ``exp(a) <= 1`` and ``exp(S_t) <= 1`` are ever formed (for A <= 0), so strongly negative A and
 long L cannot overflow. With ``T ~ sqrt(L)`` the loops run about ``2 sqrt(L)`` steps instead of ``L``. Without
-autograd, narrow steps (few channels and states per step, e.g. batch 1) run the plain recurrence in cache-sized blocks
-of steps instead (:func:`_sequential_no_grad`).
+autograd, narrow steps with N > 1 (few channels and states per step, e.g. batch 1) run the plain recurrence in
+cache-sized blocks of steps instead (:func:`_sequential_no_grad`).
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def log_floor(dtype: torch.dtype) -> float:
     return -700.0 if dtype == torch.float64 else -80.0
 
 
-# per-step elements (batch * channels * N) below which the inference form runs the plain recurrence in blocks of
-# steps of at most STEP_BLOCK elements, which stay in cache (docs/performance.md)
+# per-step elements (batch * channels * N) below which the inference form with N > 1 runs the plain recurrence in
+# blocks of steps of at most STEP_BLOCK elements, which stay in cache (docs/performance.md)
 SEQUENTIAL_WIDTH = 32768
 STEP_BLOCK = 1 << 18
 
@@ -81,7 +81,8 @@ def selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus=True
     :func:`_chunked_no_grad` runs; autograd and tracing take the functional form below."""
     needs_graph = traced_loop or (torch.is_grad_enabled() and any(
         t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)))
-    if not needs_graph and chunk is None and u.shape[0] * u.shape[1] * A.shape[1] < SEQUENTIAL_WIDTH:
+    narrow = 1 < A.shape[1] and u.shape[0] * u.shape[1] * A.shape[1] < SEQUENTIAL_WIDTH
+    if not needs_graph and chunk is None and narrow:
         return _sequential_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if not needs_graph:
         return _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
@@ -167,10 +168,11 @@ def _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk=Non
 
 
 def _sequential_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus):
-    """The plain recurrence without autograd, for narrow steps (``batch * channels * N < SEQUENTIAL_WIDTH``, e.g.
-    batch 1): one ``addcmul_`` per step, over blocks of ``S`` steps whose decays and states (``S * batch * channels
-    * N <= STEP_BLOCK`` elements each) stay in cache; nothing of ``L * channels * N`` elements is formed. Layout
-    ``(steps, batch, G, N, D)`` as :func:`_chunked_no_grad`'s; every exponent floored at :func:`log_floor`."""
+    """The plain recurrence without autograd, for narrow steps with N > 1 (``batch * channels * N <
+    SEQUENTIAL_WIDTH``, e.g. batch 1): one ``addcmul_`` per step, over blocks of ``S`` steps whose decays and states
+    (``S * batch * channels * N <= STEP_BLOCK`` elements each) stay in cache; nothing of ``L * channels * N``
+    elements is formed. Layout ``(steps, batch, G, N, D)`` as :func:`_chunked_no_grad`'s; every exponent floored at
+    :func:`log_floor`."""
     cdt = compute_dtype(u.dtype)
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], B.shape[2]
