@@ -10,7 +10,9 @@ that cover the whole batch:
    of the log decay ``a = dt * A``.
 
 Only decays ``exp(a) <= 1`` and ``exp(S_t) <= 1`` are ever formed (for A <= 0), so strongly negative A and
-long L cannot overflow. With ``T ~ sqrt(L)`` the loops run about ``2 sqrt(L)`` steps instead of ``L``.
+long L cannot overflow. With ``T ~ sqrt(L)`` the loops run about ``2 sqrt(L)`` steps instead of ``L``. Without
+autograd, narrow steps with N > 1 (few channels and states per step, e.g. batch 1) run the plain recurrence in
+cache-sized blocks of steps instead (:func:`_sequential_no_grad`).
 """
 from __future__ import annotations
 
@@ -21,12 +23,23 @@ import torch.nn.functional as F
 
 from .reference import compute_dtype, discretize, readout
 
+try:  # torch >= 2.5: a loop as one higher-order op (exported to ONNX as one Scan node)
+    from torch._higher_order_ops.scan import scan as _scan_op
+except ImportError:  # pragma: no cover
+    _scan_op = None
+
 
 def log_floor(dtype: torch.dtype) -> float:
     """Lower bound put on every log-decay before ``exp``: ``exp`` of it is still a normal number (float32's
     smallest is ``exp(-87.3)``, float64's ``exp(-708)``). Decays below it are zero to working precision anyway,
-    but ``exp`` and products that go subnormal run about 300x slower on x86 CPUs."""
+    but ``exp`` and products that go subnormal run far slower on x86 CPUs (docs/performance.md)."""
     return -700.0 if dtype == torch.float64 else -80.0
+
+
+# per-step elements (batch * channels * N) below which the inference form with N > 1 runs the plain recurrence in
+# blocks of steps of at most STEP_BLOCK elements, which stay in cache (docs/performance.md)
+SEQUENTIAL_WIDTH = 32768
+STEP_BLOCK = 1 << 18
 
 
 def chunk_length(length: int) -> int:
@@ -34,20 +47,24 @@ def chunk_length(length: int) -> int:
     return max(1, min(64, math.isqrt(max(length - 1, 0)) + 1))
 
 
+def _recurrence_step(h: torch.Tensor, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    h = xs[0] * h + xs[1]
+    return h, h.clone()
+
+
 def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor, dim: int, traced_loop: bool = False) -> torch.Tensor:
-    """All states ``h_t = decay_t * h_{t-1} + drive_t`` (``h_{-1} = 0``) along ``dim``, same shape as ``drive``.
+    """All states ``h_t = decay_t * h_{t-1} + drive_t`` (``h_{-1} = 0``) along ``dim``; ``decay`` and ``drive`` of
+    one shape, the result too.
 
     ``traced_loop``: run the loop as one ``torch.ops.higher_order.scan`` (exported to ONNX as one ``Scan`` node)
-    instead of a Python loop (unrolled into ``2 * steps`` nodes when traced)."""
+    instead of a Python loop (unrolled into ``2 * steps`` nodes when traced). It scans ``(steps, M)`` matrices
+    with a carry of exactly the per-step shape ``(M,)``, so that the combine function broadcasts nothing, whatever
+    sizes dynamo traces it with, and both calls of :func:`selective_scan_chunked` trace the same ranks."""
     if traced_loop:
-        from torch._higher_order_ops.scan import scan
-
-        def step(h, xs):
-            h = xs[0] * h + xs[1]
-            return h, h.clone()
-
-        init = drive.new_zeros(drive.shape[:dim] + drive.shape[dim + 1:])
-        return scan(step, init, (decay, drive), dim=dim)[1]
+        steps, shape = drive.shape[dim], drive.movedim(dim, 0).shape
+        decay, drive = (t.movedim(dim, 0).reshape(steps, -1) for t in (decay, drive))
+        states = _scan_op(_recurrence_step, torch.zeros_like(drive[0]), (decay, drive))[1]
+        return states.view(shape).movedim(0, dim)
     h = torch.zeros_like(drive.select(dim, 0))
     states = []
     for t in range(drive.shape[dim]):
@@ -64,6 +81,9 @@ def selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus=True
     :func:`_chunked_no_grad` runs; autograd and tracing take the functional form below."""
     needs_graph = traced_loop or (torch.is_grad_enabled() and any(
         t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)))
+    narrow = 1 < A.shape[1] and u.shape[0] * u.shape[1] * A.shape[1] < SEQUENTIAL_WIDTH
+    if not needs_graph and chunk is None and narrow:
+        return _sequential_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if not needs_graph:
         return _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
     batch, channels, length = u.shape
@@ -144,4 +164,46 @@ def _chunked_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk=Non
     h.addcmul_(decay, carry)
     y = torch.matmul(c_c, h).squeeze(-2)  # (T, batch, G, n_chunks, D)
     y = y.permute(1, 2, 4, 3, 0).reshape(batch, channels, n_chunks * T)[:, :, :length]
+    return y.addcmul(D.to(cdt)[:, None], u32).to(u.dtype)
+
+
+def _sequential_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """The plain recurrence without autograd, for narrow steps with N > 1 (``batch * channels * N <
+    SEQUENTIAL_WIDTH``, e.g. batch 1): one ``addcmul_`` per step, over blocks of ``S`` steps whose decays and states
+    (``S * batch * channels * N <= STEP_BLOCK`` elements each) stay in cache; nothing of ``L * channels * N``
+    elements is formed. Layout ``(steps, batch, G, N, D)`` as :func:`_chunked_no_grad`'s; every exponent floored at
+    :func:`log_floor`."""
+    cdt = compute_dtype(u.dtype)
+    batch, channels, length = u.shape
+    groups, n_state = B.shape[1], B.shape[2]
+    d = channels // groups
+    floor = log_floor(cdt)
+    u32 = u.to(cdt)
+    dt = delta.to(cdt) + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+
+    def steps_first(t):  # (batch, G, X, L) -> (L, batch, G, 1, X)
+        return t.permute(3, 0, 1, 2).unsqueeze(-2).contiguous()
+
+    dt_s = steps_first(dt.view(batch, groups, d, length))
+    x_s = steps_first((dt * u32).view(batch, groups, d, length))
+    b_s, c_s = steps_first(B.to(cdt)).transpose(-1, -2), steps_first(C.to(cdt))  # (L, b, G, N, 1), (L, b, G, 1, N)
+    a = A.to(cdt).view(groups, d, n_state).transpose(-1, -2).contiguous()  # (G, N, D)
+    S = max(1, min(length, STEP_BLOCK // (batch * channels * n_state)))
+    decay = torch.empty(S, batch, groups, n_state, d, dtype=cdt, device=u.device)
+    h = torch.empty_like(decay)
+    carry = torch.zeros_like(h[0])  # the state before the block
+    y = torch.empty(length, batch, groups, 1, d, dtype=cdt, device=u.device)
+    for s0 in range(0, length, S):
+        n = min(S, length - s0)
+        dec, hs = decay[:n], h[:n]
+        torch.mul(dt_s[s0:s0 + n], a, out=dec).clamp_(min=floor).exp_()
+        torch.mul(x_s[s0:s0 + n], b_s[s0:s0 + n], out=hs)
+        hs[0].addcmul_(dec[0], carry)
+        for t in range(1, n):
+            hs[t].addcmul_(dec[t], hs[t - 1])
+        torch.matmul(c_s[s0:s0 + n], hs, out=y[s0:s0 + n])
+        carry.copy_(hs[n - 1])
+    y = y.squeeze(-2).permute(1, 2, 3, 0).reshape(batch, channels, length)
     return y.addcmul(D.to(cdt)[:, None], u32).to(u.dtype)

@@ -14,38 +14,18 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from .. import scans
-
 from .selective_scan import resolve_backend, selective_scan
+from .step_sizes import project_step_sizes
 
-__all__ = ["scan2d", "project_step_sizes"]
+try:  # the fused kernel (CUDA tensors); without triton the PyTorch composition runs
+    from . import triton_scan
+except ImportError:  # pragma: no cover
+    triton_scan = None
 
-
-def rank_padded_operands(low: torch.Tensor, dt_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weight (K, C_k, R8), low (K, R8, batch*L))`` in ``low``'s dtype, the rank zero-padded to a multiple of 8:
-    the step-size projection as one matrix product per sequence over all ``batch*L`` steps. (Batched over
-    ``batch`` with the rank as is, the VMamba-T projections took 1.9-2.9x longer on an H100: a rank that is not a
-    multiple of 8 kept cuBLAS off its fast kernels, and short L makes thin products.) Off CUDA the rank stays as
-    is (no gain there, and FLOP counts on the meta device then see the true rank, as the fused op's formula)."""
-    batch, K, R, length = low.shape
-    pad = -R % 8 if low.is_cuda else 0
-    low_t = F.pad(low.permute(1, 2, 0, 3), (0, 0, 0, 0, 0, pad)).reshape(K, R + pad, batch * length)
-    return F.pad(dt_proj.to(low.dtype), (0, pad)), low_t
-
-
-def project_step_sizes(low: torch.Tensor, dt_proj: torch.Tensor) -> torch.Tensor:
-    """Step sizes ``(batch, K*C_k, L)`` from the low-rank dt ``(batch, K, R, L)`` and ``dt_proj (K, C_k, R)``,
-    in ``low``'s dtype: ``delta[b, k*C_k + d, l] = sum_r dt_proj[k, d, r] low[b, k, r, l]``. Laid out
-    ``(K*C_k, batch, L)`` in memory (see :func:`rank_padded_operands`); the Triton kernels read any such layout."""
-    return steps_from_operands(*rank_padded_operands(low, dt_proj), low.shape[0], low.shape[3])
-
-
-def steps_from_operands(weight: torch.Tensor, low: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """The step sizes ``(batch, K*C_k, L)`` from :func:`rank_padded_operands`."""
-    return torch.bmm(weight, low).view(weight.shape[0] * weight.shape[1], batch, length).transpose(0, 1)
+__all__ = ["scan2d"]
 
 
 def _check(x, delta, A, B, C, pattern, dt_proj):
@@ -107,20 +87,23 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     if per_sequence and not pattern.sequences_cover_map:
         raise ValueError(f"scan2d: per_sequence needs a pattern whose every sequence visits every position; "
                          f"{pattern.name!r} does not")
-    name = resolve_backend(backend, x.device)
+    name = resolve_backend(backend, x.device, x.dtype)
     sum_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     out_dtype = sum_dtype if out_dtype is None else out_dtype
-    if name == "triton" and x.dtype != torch.float64 and not torch.onnx.is_in_onnx_export():
+    if name == "triton" and not torch.onnx.is_in_onnx_export():
         index = pattern.device_index(H, W, x.device, torch.int32)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, delta, A, B, C, D, delta_bias, dt_proj))
+        n_state, length = B.shape[2], B.shape[3]
+        state_chunk = triton_scan.state_chunk(n_state, length, width // pattern.K) if needs_grad else 0
         y, _states = torch.ops.vssm.scan2d(x, delta, A, B, C, D, delta_bias, index, pattern.split_channels,
-                                           bool(delta_softplus), needs_grad, dt_proj, out_dtype, per_sequence)
+                                           bool(delta_softplus), state_chunk, dt_proj, out_dtype, per_sequence)
         return y
     if dt_proj is not None:
         delta = project_step_sizes(delta, dt_proj).contiguous()  # the PyTorch backends take the usual layout
     xs = pattern.flatten(x)  # (batch, K, C_k, L)
-    ys = selective_scan(xs.reshape(batch, width, xs.shape[-1]), delta, A, B, C, D, delta_bias, delta_softplus, backend=name)
+    ys = selective_scan(xs.reshape(batch, width, xs.shape[-1]), delta, A, B, C, D, delta_bias, delta_softplus,
+                        backend=name)
     ys = ys.view(xs.shape).to(sum_dtype)
     return (pattern.scatter(ys, (H, W)) if per_sequence else pattern.merge(ys, (H, W))).to(out_dtype)
 
@@ -130,20 +113,18 @@ def scan2d(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tenso
 @torch.library.custom_op("vssm::scan2d", mutates_args=())
 def _scan2d_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, split: bool,
-               delta_softplus: bool, save_states: bool, dt_proj: Optional[torch.Tensor],
+               delta_softplus: bool, state_chunk: int, dt_proj: Optional[torch.Tensor],
                out_dtype: torch.dtype, per_sequence: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, states)``: the summed output (or the K per-sequence maps) in ``out_dtype`` and, with ``save_states``,
-    the chunk-start states of the scan that the backward reuses instead of recomputing them (an empty tensor
-    otherwise)."""
-    from . import triton_scan
-    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states,
-                                      dt_proj, out_dtype, per_sequence)
+    """``(y, states)``: the summed output (or the K per-sequence maps) in ``out_dtype`` and, for ``state_chunk``
+    > 0, the states at every multiple of ``state_chunk`` steps, which the backward reuses instead of recomputing
+    them (an empty tensor for 0). The callers take ``state_chunk`` from ``triton_scan.state_chunk``."""
+    return triton_scan.scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus,
+                                      state_chunk > 0, dt_proj, out_dtype, per_sequence, state_chunk)
 
 
 @_scan2d_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_states, dt_proj, out_dtype,
+def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, state_chunk, dt_proj, out_dtype,
       per_sequence):
-    from . import triton_scan
     batch, channels, H, W = x.shape
     groups, n_state, length = B.shape[1:]
     width = A.shape[0]
@@ -151,7 +132,7 @@ def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_state
         y = x.new_empty(batch, groups, H, W, width // groups, dtype=out_dtype).permute(0, 1, 4, 2, 3)
     else:
         y = x.new_empty(batch, H, W, channels, dtype=out_dtype).permute(0, 3, 1, 2)
-    shape = triton_scan.states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
+    shape = triton_scan.states_shape(batch, width, n_state, length, state_chunk) if state_chunk else (0,)
     return y, x.new_empty(shape, dtype=torch.float32)
 
 
@@ -159,19 +140,19 @@ def _(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus, save_state
 def _scan2d_backward_op(
         grad_y: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
         C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, index: torch.Tensor, states: torch.Tensor,
-        split: bool, delta_softplus: bool, dt_proj: Optional[torch.Tensor],
+        state_chunk: int, split: bool, delta_softplus: bool, dt_proj: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
-    """Gradients of every tensor input; the last is that of ``dt_proj`` (an empty tensor without one)."""
-    from . import triton_scan
+    """Gradients of every tensor input; the last is that of ``dt_proj`` (an empty tensor without one). ``states``:
+    the forward's, stored every ``state_chunk`` steps (empty: recomputed)."""
     dx, *grads = triton_scan.scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split,
-                                             delta_softplus, states, dt_proj)
+                                             delta_softplus, states, dt_proj, state_chunk)
     grads = [g.contiguous() for g in grads]  # the layout the fake promises
     return (dx, *grads) if dt_proj is not None else (dx, *grads, x.new_empty(0))
 
 
 @_scan2d_backward_op.register_fake
-def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_softplus, dt_proj):
+def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, state_chunk, split, delta_softplus, dt_proj):
     """dx in x's layout, every other gradient contiguous."""
     def contiguous_like(t):
         return t.new_empty(t.shape)
@@ -181,15 +162,16 @@ def _(grad_y, x, delta, A, B, C, D, delta_bias, index, states, split, delta_soft
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, index, split, delta_softplus, _save_states, dt_proj, _out_dtype, _per_sequence = inputs
+    *tensors, index, split, delta_softplus, state_chunk, dt_proj, _out_dtype, _per_sequence = inputs
     ctx.save_for_backward(*tensors, index, output[1], dt_proj)
     ctx.split = split
     ctx.delta_softplus = delta_softplus
+    ctx.state_chunk = state_chunk
 
 
 def _backward(ctx, grad_y, _grad_states):
     *tensors, index, states, dt_proj = ctx.saved_tensors
-    *grads, d_proj = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, states, ctx.split,
+    *grads, d_proj = torch.ops.vssm.scan2d_backward(grad_y, *tensors, index, states, ctx.state_chunk, ctx.split,
                                                     ctx.delta_softplus, dt_proj)
     return (*grads, None, None, None, None, d_proj if dt_proj is not None else None, None, None)
 

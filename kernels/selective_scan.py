@@ -26,19 +26,25 @@ class Backend:
     forward: Callable
     backward: Callable
     devices: Optional[Sequence[str]]  # None: any device
-    priority: int  # "auto" picks the highest priority backend that supports the device
+    dtypes: Optional[Sequence[torch.dtype]]  # input dtypes it takes; None: any
+    priority: int  # "auto" picks the highest priority backend that takes the device and dtype
+
+    def takes(self, device: torch.device, dtype: torch.dtype) -> bool:
+        return ((self.devices is None or device.type in self.devices)
+                and (self.dtypes is None or dtype in self.dtypes))
 
 
 _BACKENDS: dict[str, Backend] = {}
 _OPAQUE_BACKWARD: set[str] = set()  # backends whose explicit backward runs as the op vssm::selective_scan_backward
 
 
-def register_backend(name, forward, backward=None, devices=None, priority=0):
-    """Add a backend. Without ``backward`` the gradient is autograd through a recomputed ``forward``.
+def register_backend(name, forward, backward=None, devices=None, priority=0, dtypes=None):
+    """Add a backend for ``devices`` (device types, None: any) and input ``dtypes`` (None: any). Without
+    ``backward`` the gradient is autograd through a recomputed ``forward``.
 
     An explicit ``backward`` (a kernel) is called through its own opaque custom op, so that torch.compile's
     AOT autograd never traces into it with fake tensors."""
-    _BACKENDS[name] = Backend(name, forward, backward or _recompute_backward(forward), devices, priority)
+    _BACKENDS[name] = Backend(name, forward, backward or _recompute_backward(forward), devices, dtypes, priority)
     if backward is not None:
         _OPAQUE_BACKWARD.add(name)
     else:
@@ -59,17 +65,23 @@ def _recompute_backward(forward):
     return backward
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Name of the backend that runs for ``backend`` (maybe "auto") on ``device``."""
-    if backend == "auto":
-        usable = [b for b in _BACKENDS.values() if b.devices is None or device.type in b.devices]
-        return max(usable, key=lambda b: b.priority).name
-    if backend not in _BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {backend!r}; valid: {', '.join(list_backends())}")
-    devices = _BACKENDS[backend].devices
-    if devices is not None and device.type not in devices:
-        raise ValueError(f"selective-scan backend {backend!r} runs on {'/'.join(devices)} tensors, got {device.type}")
-    return backend
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """Name of the backend that runs for ``backend`` (maybe "auto") on ``device`` with inputs of ``dtype``.
+
+    A named backend on a device it does not run on is an error. A named backend that does not take the dtype
+    (the Triton kernels and float64) hands over to what "auto" picks for that dtype (the chunked backend, with a
+    float64 state): the one place where the float64 fallback is decided, for ``selective_scan`` and ``scan2d``."""
+    if backend != "auto":
+        if backend not in _BACKENDS:
+            raise ValueError(f"unknown selective-scan backend {backend!r}; valid: {', '.join(list_backends())}")
+        devices = _BACKENDS[backend].devices
+        if devices is not None and device.type not in devices:
+            raise ValueError(f"selective-scan backend {backend!r} runs on {'/'.join(devices)} tensors, "
+                             f"got {device.type}")
+        if _BACKENDS[backend].takes(device, dtype):
+            return backend
+    usable = [b for b in _BACKENDS.values() if b.takes(device, dtype)]
+    return max(usable, key=lambda b: b.priority).name
 
 
 register_backend("reference", selective_scan_reference, priority=0)
@@ -80,7 +92,8 @@ try:  # Triton kernels (CUDA tensors only); without triton, "auto" keeps to the 
 except ImportError:  # pragma: no cover
     _triton_scan = None
 else:
-    register_backend("triton", _triton_scan.forward, _triton_scan.backward, devices=("cuda",), priority=20)
+    register_backend("triton", _triton_scan.forward, _triton_scan.backward, devices=("cuda",), priority=20,
+                     dtypes=_triton_scan.DTYPES)
 
 
 @torch.library.custom_op("vssm::selective_scan", mutates_args=())
@@ -136,8 +149,8 @@ def _selective_scan_flops(u_shape, delta_shape, A_shape, B_shape, *args, out_sha
 
 def _check_inputs(u, delta, A, B, C, D, delta_bias):
     def shape_error(what):
-        shapes = ", ".join(f"{n}={tuple(t.shape) if t is not None else None}" for n, t in
-                           (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("delta_bias", delta_bias)))
+        named = (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("delta_bias", delta_bias))
+        shapes = ", ".join(f"{n}={tuple(t.shape) if t is not None else None}" for n, t in named)
         return ValueError(f"selective_scan: {what}; expected u, delta (batch, G*D, L), A (G*D, N), "
                           f"B, C (batch, G, N, L), D, delta_bias (G*D,); got {shapes}")
 
@@ -173,7 +186,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
         B, C: input/output projections ``(batch, G, N, L)``, shared by the D channels of each group.
         D: skip weight ``(G*D,)`` or None. delta_bias: ``(G*D,)`` or None.
         delta_softplus: apply softplus to ``delta + delta_bias``.
-        backend: ``"auto"`` (fastest for the device), ``"reference"``, ``"chunked"`` or a registered one.
+        backend: ``"auto"`` (fastest for the device and dtype), ``"reference"``, ``"chunked"`` or a registered
+            one; one that does not take the dtype hands over to ``"auto"`` (see :func:`resolve_backend`).
 
     ``dt = softplus(delta + delta_bias)``; ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t``;
     ``y_t = C_t . h_t + D u_t``. The state is float32 (float64 for float64 inputs).
@@ -182,7 +196,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
         ``(batch, G*D, L)`` in ``u``'s dtype.
     """
     _check_inputs(u, delta, A, B, C, D, delta_bias)
-    name = resolve_backend(backend, u.device)
+    name = resolve_backend(backend, u.device, u.dtype)
     channels = u.shape[1]
     if D is None:
         D = u.new_zeros(channels, dtype=A.dtype)

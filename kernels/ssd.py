@@ -110,8 +110,13 @@ class SSDBackend:
     forward: Callable
     backward: Callable
     devices: Optional[Sequence[str]]  # None: any device
+    dtypes: Optional[Sequence[torch.dtype]]  # input dtypes it takes; None: any
     priority: int
     opaque_backward: bool  # an explicit backward (a kernel), run as the op vssm::ssd_backward
+
+    def takes(self, device: torch.device, dtype: torch.dtype) -> bool:
+        return ((self.devices is None or device.type in self.devices)
+                and (self.dtypes is None or dtype in self.dtypes))
 
 
 _BACKENDS: dict[tuple[str, str], SSDBackend] = {}
@@ -128,31 +133,35 @@ def _recompute_backward(forward):
 
 
 def register_ssd_backend(form: str, name: str, forward: Callable, backward: Optional[Callable] = None,
-                         devices: Optional[Sequence[str]] = None, priority: int = 0) -> None:
-    """Add a backend for ``form`` ("causal" or "noncausal"). Without ``backward`` the gradient is autograd through a
-    recomputed ``forward``; an explicit ``backward`` runs through its own opaque op, so that torch.compile's AOT
-    autograd never traces into it."""
+                         devices: Optional[Sequence[str]] = None, priority: int = 0,
+                         dtypes: Optional[Sequence[torch.dtype]] = None) -> None:
+    """Add a backend for ``form`` ("causal" or "noncausal") on ``devices`` with input ``dtypes`` (None: any).
+    Without ``backward`` the gradient is autograd through a recomputed ``forward``; an explicit ``backward`` runs
+    through its own opaque op, so that torch.compile's AOT autograd never traces into it."""
     if form not in FORMS:
         raise ValueError(f"unknown SSD form {form!r}; valid: {', '.join(FORMS)}")
     _BACKENDS[form, name] = SSDBackend(name, form, forward, backward or _recompute_backward(forward), devices,
-                                       priority, backward is not None)
+                                       dtypes, priority, backward is not None)
 
 
 def list_ssd_backends(form: str = "causal") -> list[str]:
     return ["auto", *sorted(name for f, name in _BACKENDS if f == form)]
 
 
-def resolve_ssd_backend(form: str, backend: str, device: torch.device) -> str:
-    """Name of the backend that runs ``form`` for ``backend`` (maybe "auto") on ``device``."""
-    if backend == "auto":
-        usable = [b for (f, _), b in _BACKENDS.items() if f == form and (b.devices is None or device.type in b.devices)]
-        return max(usable, key=lambda b: b.priority).name
-    if (form, backend) not in _BACKENDS:
-        raise ValueError(f"unknown {form} SSD backend {backend!r}; valid: {', '.join(list_ssd_backends(form))}")
-    devices = _BACKENDS[form, backend].devices
-    if devices is not None and device.type not in devices:
-        raise ValueError(f"SSD backend {backend!r} runs on {'/'.join(devices)} tensors, got {device.type}")
-    return backend
+def resolve_ssd_backend(form: str, backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """Name of the backend that runs ``form`` for ``backend`` (maybe "auto") on ``device`` with inputs of ``dtype``;
+    as :func:`vssm.kernels.resolve_backend`: a named backend that does not take the dtype (the Triton kernels and
+    float64) hands over to what "auto" picks for it."""
+    if backend != "auto":
+        if (form, backend) not in _BACKENDS:
+            raise ValueError(f"unknown {form} SSD backend {backend!r}; valid: {', '.join(list_ssd_backends(form))}")
+        devices = _BACKENDS[form, backend].devices
+        if devices is not None and device.type not in devices:
+            raise ValueError(f"SSD backend {backend!r} runs on {'/'.join(devices)} tensors, got {device.type}")
+        if _BACKENDS[form, backend].takes(device, dtype):
+            return backend
+    usable = [b for (f, _), b in _BACKENDS.items() if f == form and b.takes(device, dtype)]
+    return max(usable, key=lambda b: b.priority).name
 
 
 register_ssd_backend("causal", "reference", ssd_causal_reference, priority=0)
@@ -166,7 +175,7 @@ except ImportError:  # pragma: no cover
     _triton_ssd = None
 else:
     register_ssd_backend("noncausal", "triton", _triton_ssd.forward, _triton_ssd.backward, devices=("cuda",),
-                         priority=20)
+                         priority=20, dtypes=_triton_ssd.DTYPES)
 
 
 # ---- custom ops -----------------------------------------------------------------------------------------
@@ -272,7 +281,7 @@ def _run(form, fn, x, dt, A, B, C, D, dt_bias, dt_softplus, chunk_size, backend)
     _check_inputs(fn, x, dt, A, B, C, D, dt_bias)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}")
-    name = resolve_ssd_backend(form, backend, x.device)
+    name = resolve_ssd_backend(form, backend, x.device, x.dtype)
     heads = x.shape[2]
     D = A.new_zeros(heads) if D is None else D
     dt_bias = A.new_zeros(heads) if dt_bias is None else dt_bias

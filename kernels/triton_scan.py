@@ -26,16 +26,25 @@ Math (per channel c, state n): ``a_t = dt_t A_n``, ``h_t = exp(a_t) h_{t-1} + dt
 
 Public functions: :func:`forward`, :func:`backward` (registered as backend ``"triton"`` of
 ``torch.ops.vssm.selective_scan`` by kernels/selective_scan.py), :func:`scan2d_forward`, :func:`scan2d_backward`
-(the ``vssm::scan2d`` ops of kernels/scan2d.py), and :func:`selective_scan_triton`, a differentiable convenience
-wrapper that goes through the shared custom op.
+(the ``vssm::scan2d`` ops of kernels/scan2d.py); launch configs from :func:`pick_config`, overridden for a block
+of code by :func:`launch_config` (tests, benchmark sweeps). The kernels take float32, float16 and bfloat16
+(:data:`DTYPES`); the dispatcher sends float64 to the chunked PyTorch backend.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["forward", "backward", "scan2d_forward", "scan2d_backward", "selective_scan_triton", "pick_config"]
+from .step_sizes import project_step_sizes, rank_padded_operands, steps_from_operands
+
+__all__ = ["forward", "backward", "scan2d_forward", "scan2d_backward", "pick_config", "launch_config",
+           "state_chunk", "states_shape", "DTYPES"]
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # input dtypes the kernels take (state in float32)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Triton helpers
@@ -288,7 +297,6 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
                 L, DG, G, N, NCHUNK, W_img, sd_b, sd_c, su_b, su_c, su_h, su_w, sy_b, sy_g, sy_c, sy_h, sy_w, sdu_g,
                 SOFTPLUS: tl.constexpr, GATHER: tl.constexpr, SPLIT: tl.constexpr, PER_SEQ: tl.constexpr,
                 HAVE_STATES: tl.constexpr, DETERMINISTIC: tl.constexpr,
-                REVERSE_BY_FLIP: tl.constexpr,
                 PREFETCH: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_bg = tl.program_id(1)
     g = pid_bg % G
@@ -400,12 +408,10 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
 
         rhs = Ct * dy
         ones = tl.full(alpha.shape, 1.0, tl.float32)
-        if REVERSE_BY_FLIP:
-            _f, mm, s = tl.associative_scan((tl.flip(alpha, 1), ones, tl.flip(rhs, 1)), 1, _adjoint_combine)
-            mm = tl.flip(mm, 1)
-            s = tl.flip(s, 1)
-        else:
-            _f, mm, s = tl.associative_scan((alpha, ones, rhs), 1, _adjoint_combine, reverse=True)
+        # the reverse scan as flip + forward scan (faster than reverse=True: docs/performance.md)
+        _f, mm, s = tl.associative_scan((tl.flip(alpha, 1), ones, tl.flip(rhs, 1)), 1, _adjoint_combine)
+        mm = tl.flip(mm, 1)
+        s = tl.flip(s, 1)
         gs = s + mm * q[:, None]  # dL/dh_t
         q = tl.sum(tl.where(first, alpha * gs, 0.0), axis=1)
 
@@ -470,13 +476,16 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, 
 # ----------------------------------------------------------------------------------------------------------
 # Python wrappers
 # ----------------------------------------------------------------------------------------------------------
-def pick_config(n_state: int, length: int, channels_per_group: int, backward: bool = False) -> dict:
-    """Block sizes and warps: a program holds BLOCK_D channels x NP states (rows) x BLOCK_L steps.
+CONFIG_KEYS = ("BLOCK_D", "BLOCK_L", "num_warps", "PREFETCH")
+_overrides: dict = {}  # replaced (never mutated) by launch_config; read by pick_config at launch time only
 
-    Chosen with ``tools/benchmark.py scan2d --sweep`` (bf16, VMamba-T stage shapes, H200) and ``scan --sweep``
-    (H100): N=1 forward 8x128, backward 16x32 (16x128 was 2.6 ms at stage 1 and 5.4 ms at stage 3, where 16x32
-    took 1.0 ms); N=16 forward and backward 4x32 (forward 19.5 ms against 23.5 for 2x32 at batch 128, 192
-    channels, 56x56, H100); 4 warps; the reverse scan through ``tl.flip``.
+
+def pick_config(n_state: int, length: int, channels_per_group: int, backward: bool = False) -> dict:
+    """Launch config of a kernel: a program holds ``BLOCK_D`` channels x NP states (rows) x ``BLOCK_L`` steps,
+    ``num_warps`` warps; ``PREFETCH`` (backward kernel): load the next chunk while this one is scanned.
+
+    The defaults come from the block-size sweeps of ``tools/benchmark.py scan --sweep`` / ``scan2d --sweep``
+    (docs/performance.md); keys set by an enclosing :func:`launch_config` replace them.
     """
     np2 = triton.next_power_of_2(n_state)
     if np2 <= 4:
@@ -487,17 +496,39 @@ def pick_config(n_state: int, length: int, channels_per_group: int, backward: bo
         block_d = max(1, 64 // np2)
     block_l = min(block_l, max(16, triton.next_power_of_2(length)))
     block_d = min(block_d, triton.next_power_of_2(channels_per_group))
-    return dict(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4)
+    return {"BLOCK_D": block_d, "BLOCK_L": block_l, "num_warps": 4, "PREFETCH": True, **_overrides}
+
+
+@contextlib.contextmanager
+def launch_config(**overrides):
+    """Replace keys of :func:`pick_config` (``CONFIG_KEYS``) for every launch inside the block (inner blocks add to
+    outer ones). For tests and benchmark sweeps; not thread-safe. No fake implementation reads it: the one
+    shape that depends on a launch config, that of the stored states, follows an explicit argument (``state_chunk``
+    of the ``vssm::scan2d`` op, taken from :func:`state_chunk` when the op is called)."""
+    unknown = sorted(set(overrides) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"launch_config: unknown keys {unknown}; valid: {', '.join(CONFIG_KEYS)}")
+    global _overrides
+    saved = _overrides
+    _overrides = {**saved, **overrides}
+    try:
+        yield
+    finally:
+        _overrides = saved
+
+
+def state_chunk(n_state: int, length: int, channels_per_group: int) -> int:
+    """Chunk length of the backward kernel under the current config: the forward stores the states at its
+    multiples when asked, and a backward given such states runs with that chunk length."""
+    return pick_config(n_state, length, channels_per_group, backward=True)["BLOCK_L"]
+
+
+def states_shape(batch: int, channels: int, n_state: int, length: int, chunk: int) -> tuple:
+    """Shape of the chunk-start states stored every ``chunk`` steps: ``(batch*channels, n_chunks, next_pow2(N))``."""
+    return batch * channels, _n_chunks(length, chunk), triton.next_power_of_2(n_state)
 
 
 PER_IMAGE_PROJECTION_GRAD = 1024  # sequence length from which the dt_proj gradient is summed image by image
-# Overrides for tests and benchmarks: keys BLOCK_D, BLOCK_L, num_warps, REVERSE_BY_FLIP.
-CONFIG_OVERRIDE: dict = {}
-_REVERSE_BY_FLIP = True  # reverse scan as flip + forward scan (measured faster than reverse=True)
-
-
-def _fallback(u):
-    return u.dtype == torch.float64  # fp64 runs in the chunked PyTorch backend with fp64 state
 
 
 def _map_strides(u, index):
@@ -519,26 +550,14 @@ def _n_chunks(length, block_l):
     return triton.cdiv(length, block_l)
 
 
-def state_chunk(n_state, length, channels_per_group) -> int:
-    """Chunk length of the backward kernel: the states it needs are those at every multiple of it."""
-    return {**pick_config(n_state, length, channels_per_group, backward=True), **CONFIG_OVERRIDE}["BLOCK_L"]
-
-
-def states_shape(batch, channels, n_state, length, channels_per_group) -> tuple:
-    """Shape of the chunk-start states the forward stores: ``(batch*channels, n_chunks, next_pow2(N))``."""
-    chunk = state_chunk(n_state, length, channels_per_group)
-    return batch * channels, _n_chunks(length, chunk), triton.next_power_of_2(n_state)
-
-
 def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=None, width=1, split=True,
-                    states=None):
+                    states=None, chunk=1):
     """Run the forward kernel. ``index`` None: u / y in the 1D layout; else u / y are 2D maps read / accumulated
     through the ``(K, L)`` index map (``width`` = W of the map), y being K per-sequence maps when 5D.
-    ``states`` (see :func:`states_shape`): also store the state at every chunk start."""
+    ``states`` (``states_shape(..., chunk)``): also store the state at every multiple of ``chunk`` steps."""
     batch, groups, n_state, length = B.shape
     dg = A.shape[0] // groups
-    cfg = {**pick_config(n_state, length, dg), **CONFIG_OVERRIDE}
-    chunk = state_chunk(n_state, length, dg)
+    cfg = pick_config(n_state, length, dg)
     grid = (triton.cdiv(dg, cfg["BLOCK_D"]), batch * groups)
     _fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, u if index is None else index,
                       u if states is None else states,
@@ -551,20 +570,21 @@ def _launch_forward(u, delta, A, B, C, D, delta_bias, y, delta_softplus, index=N
 
 
 def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplus, index=None, width=1,
-                     split=True, states=None, du_map_stride=None):
+                     split=True, states=None, chunk=None, du_map_stride=None):
     """Run the backward kernel; writes (accumulates, with ``index``) ``du`` and returns the other gradients
     ``(ddelta, dA, dB, dC, dD, ddelta_bias)``.
-    ``states``: the forward's chunk-start states; without them the kernel recomputes them first.
+    ``states``: the forward's chunk-start states, stored every ``chunk`` steps (the kernel then runs with
+    ``BLOCK_L = chunk``); without them the kernel recomputes them first.
     ``du_map_stride`` (deterministic mode, see :func:`scan2d_backward`): plain stores, sequence g writing ``du``
     at ``g * du_map_stride`` elements further on, instead of atomic adds."""
     batch, groups, n_state, length = B.shape
     channels = A.shape[0]
     dg = channels // groups
-    cfg = {**pick_config(n_state, length, dg, backward=True), **CONFIG_OVERRIDE}
-    if states is not None and states.shape != states_shape(batch, channels, n_state, length, dg):
-        raise ValueError(f"states {tuple(states.shape)} do not fit these inputs")
-    reverse_by_flip = bool(cfg.pop("REVERSE_BY_FLIP", _REVERSE_BY_FLIP))
-    prefetch = bool(cfg.pop("PREFETCH", True))
+    cfg = pick_config(n_state, length, dg, backward=True)
+    if states is not None:
+        cfg["BLOCK_L"] = chunk
+        if states.shape != states_shape(batch, channels, n_state, length, chunk):
+            raise ValueError(f"states {tuple(states.shape)} do not fit these inputs (chunk {chunk})")
     np2 = triton.next_power_of_2(n_state)
     n_chunks = _n_chunks(length, cfg["BLOCK_L"])
     f32 = dict(device=delta.device, dtype=torch.float32)
@@ -588,17 +608,15 @@ def _launch_backward(grad_y, u, delta, A, B, C, D, delta_bias, du, delta_softplu
                           *_out_strides(grad_y, index), du_map_stride or 0, SOFTPLUS=bool(delta_softplus),
                           GATHER=index is not None, SPLIT=bool(split), PER_SEQ=grad_y.dim() == 5,
                           HAVE_STATES=have_states, DETERMINISTIC=du_map_stride is not None,
-                          REVERSE_BY_FLIP=reverse_by_flip, PREFETCH=prefetch, NP=np2, BLOCK_D=cfg["BLOCK_D"],
-                          BLOCK_L=cfg["BLOCK_L"], num_warps=cfg["num_warps"])
+                          PREFETCH=bool(cfg["PREFETCH"]), NP=np2, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
+                          num_warps=cfg["num_warps"])
     return (ddelta, dA_part.sum(0).to(A.dtype), dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype),
             dD_part.sum(0).to(D.dtype), dbias_part.sum(0).to(delta_bias.dtype))
 
 
 def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
-    """y (u's dtype) of the selective scan; inputs as in :func:`vssm.kernels.selective_scan` (D, delta_bias tensors)."""
-    if _fallback(u):
-        from .chunked import selective_scan_chunked
-        return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    """y (u's dtype) of the selective scan; inputs as in :func:`vssm.kernels.selective_scan` (D, delta_bias tensors,
+    dtypes in :data:`DTYPES`)."""
     u, delta, A, B, C, D, delta_bias = (t.contiguous() for t in (u, delta, A, B, C, D, delta_bias))
     y = torch.empty_like(u)
     if y.numel():
@@ -608,12 +626,6 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus=True):
 
 def backward(grad_y, u, delta, A, B, C, D, delta_bias, delta_softplus=True):
     """(du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's dtype."""
-    if _fallback(u):
-        from .chunked import selective_scan_chunked
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(True) for t in (u, delta, A, B, C, D, delta_bias)]
-            y = selective_scan_chunked(*inputs, delta_softplus)
-            return torch.autograd.grad(y, inputs, grad_y)
     u, delta, A, B, C, D, delta_bias, grad_y = (
         t.contiguous() for t in (u, delta, A, B, C, D, delta_bias, grad_y))
     du = torch.empty_like(u)
@@ -632,7 +644,7 @@ def _dense_steps(delta):
 
 
 def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, save_states=False,
-                   dt_proj=None, out_dtype=torch.float32, per_sequence=False):
+                   dt_proj=None, out_dtype=torch.float32, per_sequence=False, states_every=None):
     """Fused gather -> selective scan -> scatter-add over a 2D map (see :func:`vssm.kernels.scan2d`).
 
     ``x (batch, C, H, W)`` any strides; ``index (K, L)`` int32 flat positions (-1: padding); ``delta``
@@ -641,9 +653,9 @@ def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplu
     less than forming them inside the scan, and nothing of that size is kept for the backward).
     Returns the ``(batch, C, H, W)`` sum of the K outputs at their positions (summed in float32, channels-last
     in memory), or with ``per_sequence`` the K maps ``(batch, K, C_k, H, W)`` (each sequence must visit every
-    position; stored directly in ``out_dtype``, channels-last within each map), and the chunk-start states for
-    :func:`scan2d_backward` (an empty tensor unless ``save_states``)."""
-    from .scan2d import project_step_sizes
+    position; stored directly in ``out_dtype``, channels-last within each map), and with ``save_states`` the
+    states every ``states_every`` steps (default :func:`state_chunk` under the current config) for
+    :func:`scan2d_backward`, else an empty tensor."""
     x = _dense(x)
     if dt_proj is not None:
         delta = project_step_sizes(delta, dt_proj)
@@ -660,11 +672,13 @@ def scan2d_forward(x, delta, A, B, C, D, delta_bias, index, split, delta_softplu
         y, maps = _deterministic_maps(batch, groups, channels, H, W, split, x.device)
     else:
         y = torch.zeros(batch, H, W, channels, device=x.device, dtype=torch.float32).permute(0, 3, 1, 2)
-    shape = states_shape(batch, width, n_state, length, width // groups) if save_states else (0,)
+    if save_states and states_every is None:
+        states_every = state_chunk(n_state, length, width // groups)
+    shape = states_shape(batch, width, n_state, length, states_every) if save_states else (0,)
     states = torch.empty(shape, device=x.device, dtype=torch.float32)
     if batch * width * length:
         _launch_forward(x, delta, A, B, C, D, delta_bias, y, delta_softplus, index=index, width=W, split=split,
-                        states=states if save_states else None)
+                        states=states if save_states else None, chunk=states_every if save_states else 1)
     if maps is not None:  # the K maps summed in the order k = 0, 1, ... (one map for split patterns)
         y = (maps[0] if len(maps) == 1 else maps.sum(0)).permute(0, 3, 1, 2)
     return y.to(out_dtype), states
@@ -685,14 +699,14 @@ def _deterministic_maps(batch, groups, channels, H, W, split, device):
 
 
 def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delta_softplus=True, states=None,
-                    dt_proj=None):
+                    dt_proj=None, states_every=None):
     """Gradients of :func:`scan2d_forward`: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)``, plus ``ddt_proj``
     with ``dt_proj`` (then ``ddelta`` is the gradient of the low-rank input, and the step sizes are projected
     again here). ``grad_y``: of the summed map, or 5D of the K per-sequence maps. ``states``: the ones the forward
-    saved (else recomputed). Under ``torch.use_deterministic_algorithms(True)`` dx is stored without atomics
+    saved every ``states_every`` steps (default :func:`state_chunk` under the current config), else recomputed
+    (None or empty). Under ``torch.use_deterministic_algorithms(True)`` dx is stored without atomics
     (K float32 maps summed in order, or one map for split patterns), as the forward's summed output is; the
     other gradients never use atomics, so the results are bitwise reproducible."""
-    from .scan2d import rank_padded_operands, steps_from_operands
     x = _dense(x)
     if dt_proj is not None:
         low_shape = delta.shape
@@ -709,9 +723,12 @@ def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delt
         maps = torch.zeros(1 if split else index.shape[0], x.numel(), device=x.device, dtype=torch.float32)
         dx = maps[0].as_strided(x.shape, x.stride())  # x is dense: its strides address numel elements
         map_stride = x.numel() if len(maps) > 1 else 0
+    if states is not None and not states.numel():
+        states = None
+    if states is not None and states_every is None:
+        states_every = state_chunk(B.shape[2], B.shape[3], A.shape[0] // B.shape[1])
     ddelta, *grads = _launch_backward(grad_y, x, delta, A, B, C, D, delta_bias, dx, delta_softplus, index=index,
-                                      width=x.shape[3], split=split,
-                                      states=states if states is not None and states.numel() else None,
+                                      width=x.shape[3], split=split, states=states, chunk=states_every,
                                       du_map_stride=map_stride)
     if map_stride is not None and len(maps) > 1:  # the K maps summed in the order k = 0, 1, ...
         dx = maps.sum(0).as_strided(x.shape, x.stride())
@@ -725,8 +742,8 @@ def scan2d_backward(grad_y, x, delta, A, B, C, D, delta_bias, index, split, delt
 
 def _projection_grad(ddelta, low, batch):
     """``(K, C_k, R8)`` gradient of the padded projection weight: ``ddelta (K, C_k, batch*L) @ low^T``. One product
-    over all ``batch*L`` steps, or one per image summed when images are long: cuBLAS ran the single long
-    reduction 2.8x slower at L = 3136 and 2x faster at L = 196 (H100, VMamba-T stages, bf16)."""
+    over all ``batch*L`` steps, or one per image summed from ``PER_IMAGE_PROJECTION_GRAD`` steps on, where cuBLAS
+    runs the single long reduction slower (docs/performance.md)."""
     K, channels, steps = ddelta.shape
     length = steps // batch
     if length < PER_IMAGE_PROJECTION_GRAD:
@@ -736,9 +753,3 @@ def _projection_grad(ddelta, low, batch):
                  .sum(0, dtype=torch.promote_types(ddelta.dtype, torch.float32))
                  for k in range(K)]
     return torch.stack(per_image)
-
-
-def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
-    """Differentiable Triton selective scan (CUDA tensors): ``vssm.kernels.selective_scan(..., backend="triton")``."""
-    from .selective_scan import selective_scan
-    return selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, backend="triton")

@@ -6,8 +6,9 @@ Two kernels, both one program per (batch x head, tile of the output) looping ove
 ``_readout_kernel`` forms ``Q S (+ D x)`` per position. The forward is state then read-out; the backward reuses
 them: ``dS = C^T dy`` (state kernel), ``d(w x) = B dS`` (read-out kernel), with ``dB``, ``dC`` (a product per group
 over the heads), ``dD`` and the ``dt`` / ``A`` / ``dt_bias`` chain in PyTorch (written out: the backward runs inside
-the opaque op ``vssm::ssd_backward``, where autograd does not record). float32 accumulation for every
-input dtype. Launched on CUDA tensors (the ``triton`` backend), or on CPU tensors under ``TRITON_INTERPRET=1``.
+the opaque op ``vssm::ssd_backward``, where autograd does not record). float32 accumulation for the input
+dtypes in ``DTYPES`` (float64 resolves to the PyTorch backends). Launched on CUDA tensors (the ``triton``
+backend), or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-__all__ = ["forward", "backward"]
+__all__ = ["forward", "backward", "DTYPES"]
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # input dtypes the kernels take (float32 accumulation)
 
 
 @triton.jit

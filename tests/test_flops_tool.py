@@ -30,7 +30,7 @@ def test_fused_op_path_counts_like_pytorch_path(tool, monkeypatch, name, kwargs)
     model = timm.create_model(name, **kwargs)
     ref = tool.count_model(model, (3, 64, 96))
     assert "vssm.selective_scan" in ref["per_op"] and "vssm.scan2d" not in ref["per_op"]
-    monkeypatch.setattr(SCAN2D, "resolve_backend", lambda backend, device: "triton")
+    monkeypatch.setattr(SCAN2D, "resolve_backend", lambda backend, device, dtype: "triton")
     fused = tool.count_model(model, (3, 64, 96))
     assert "vssm.scan2d" in fused["per_op"] and "vssm.selective_scan" not in fused["per_op"]
     assert fused["scan_flops"] == pytest.approx(ref["scan_flops"], rel=1e-12) and ref["scan_flops"] > 0

@@ -92,6 +92,26 @@ def test_chunk_length_does_not_change_result(chunk):
     assert torch.allclose(selective_scan_chunked(**inputs, chunk=chunk), y_ref, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("block", [1, 7 * 2 * 6 * 16, 1 << 18])  # one step, blocks of 7 (the last shorter), one block
+def test_inference_form_runs_narrow_steps_in_blocks(monkeypatch, dtype, tol, block):
+    """Without autograd, steps narrower than SEQUENTIAL_WIDTH elements (batch * channels * N) run the plain
+    recurrence in blocks of STEP_BLOCK elements, wider ones in chunks of chunk_length(L) with the carried state:
+    both give the reference."""
+    from vssm.kernels import chunked
+    inputs = make_inputs(batch=2, groups=2, d=3, n=16, length=100, dtype=dtype, a_scale=5.0)
+    y_ref = kernels.selective_scan(**inputs, backend="reference")
+    picked = []
+    monkeypatch.setattr(chunked, "chunk_length", lambda length: picked.append(length) or 10)
+    monkeypatch.setattr(chunked, "STEP_BLOCK", block)
+    for width, chunked_form in ((2 * 6 * 16 + 1, False), (2 * 6 * 16, True)):
+        monkeypatch.setattr(chunked, "SEQUENTIAL_WIDTH", width)
+        picked.clear()
+        y = chunked.selective_scan_chunked(**inputs)
+        assert picked == ([100] if chunked_form else [])
+        assert (y - y_ref).abs().max() <= tol * y_ref.abs().max()
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
 def test_low_precision_inputs_use_fp32_state(dtype, tol):
     inputs = make_inputs(batch=1, groups=2, d=4, n=16, length=300)
@@ -120,6 +140,30 @@ def test_optional_D_bias_and_softplus():
 def test_auto_picks_chunked_on_cpu():
     assert kernels.resolve_backend("auto", torch.device("cpu")) == "chunked"
     assert {"auto", "reference", "chunked"} <= set(kernels.list_backends())
+
+
+def test_resolution_takes_the_dtype(monkeypatch):
+    """A backend declares the dtypes it takes; "auto" and a named backend that does not take the dtype resolve to
+    the best one that does (the float64 fallback of the Triton kernels)."""
+    import importlib
+    ss = importlib.import_module("vssm.kernels.selective_scan")
+    monkeypatch.setattr(ss, "_BACKENDS", dict(ss._BACKENDS))
+    monkeypatch.setattr(ss, "_OPAQUE_BACKWARD", set(ss._OPAQUE_BACKWARD))
+    kernels.register_backend("fp32_only", selective_scan_reference, priority=99, dtypes=(torch.float32,))
+    cpu = torch.device("cpu")
+    assert kernels.resolve_backend("auto", cpu, torch.float32) == "fp32_only"
+    assert kernels.resolve_backend("auto", cpu, torch.float64) == "chunked"
+    assert kernels.resolve_backend("fp32_only", cpu, torch.float64) == "chunked"
+    inputs = make_inputs(dtype=torch.float64)
+    y = kernels.selective_scan(**inputs, backend="fp32_only")  # runs the chunked backend: float64 exact
+    assert torch.allclose(y, selective_scan_reference(*inputs.values()), atol=1e-10, rtol=0)
+    if "triton" in kernels.list_backends():
+        cuda = torch.device("cuda")
+        assert kernels.resolve_backend("auto", cuda, torch.bfloat16) == "triton"
+        assert kernels.resolve_backend("auto", cuda, torch.float64) == "chunked"
+        assert kernels.resolve_backend("triton", cuda, torch.float64) == "chunked"
+        with pytest.raises(ValueError, match="runs on cuda"):  # the device is checked before the dtype
+            kernels.resolve_backend("triton", cpu, torch.float64)
 
 
 def test_unknown_backend_lists_valid_ones():

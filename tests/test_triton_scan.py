@@ -5,6 +5,7 @@ The kernel tests run where a Triton kernel can run: on CUDA (larger sizes, every
 machine without CUDA ``test_cpu_under_triton_interpreter`` re-runs this file in a subprocess with the variable
 set; in the parent process the kernel tests are skipped.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -61,18 +62,24 @@ def assert_compiled_matches_eager(step, inputs):
 
 
 @pytest.fixture
-def triton_scan(monkeypatch):
+def triton_scan():
     from vssm.kernels import triton_scan as ts
-    monkeypatch.setattr(ts, "CONFIG_OVERRIDE", {})
     return ts
 
 
+@pytest.fixture
+def tiles(triton_scan):
+    """``tiles(**config)``: launch configs (``triton_scan.launch_config``) for the rest of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **config: stack.enter_context(triton_scan.launch_config(**config))
+
+
 # (batch, groups, d, n, length, config override): odd lengths, several chunks, groups spanning one or several
-# programs (atomic dB/dC), padded N, both ways of running the reverse scan, loads with and without prefetch.
+# programs (atomic dB/dC), padded N, loads with and without prefetch.
 INTERP_CASES = [
     (2, 1, 3, 1, 13, dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)),
     (1, 4, 2, 16, 11, dict(BLOCK_D=2, BLOCK_L=8, num_warps=1)),
-    (1, 2, 3, 16, 13, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, REVERSE_BY_FLIP=False, PREFETCH=False)),
+    (1, 2, 3, 16, 13, dict(BLOCK_D=4, BLOCK_L=8, num_warps=1, PREFETCH=False)),
     (2, 2, 3, 3, 20, dict(BLOCK_D=2, BLOCK_L=16, num_warps=1)),
     (1, 1, 2, 1, 1, {}),
     (1, 2, 2, 1, 37, {}),
@@ -83,7 +90,7 @@ CUDA_CASES = [
     (2, 4, 48, 1, 777, {}),
     (3, 1, 20, 16, 1001, {}),
     (2, 4, 24, 16, 196, {}),
-    (2, 4, 24, 16, 333, dict(REVERSE_BY_FLIP=False, PREFETCH=False)),
+    (2, 4, 24, 16, 333, dict(PREFETCH=False)),
     (1, 2, 5, 3, 65, {}),
     (1, 1, 2, 1, 1, {}),
     (8, 1, 160, 8, 196, {}),  # MambaVision-T stage 3: 14x14 windows, d_state 8
@@ -93,8 +100,8 @@ CASES = CUDA_CASES if CUDA else INTERP_CASES
 
 @kernel_test
 @pytest.mark.parametrize("batch,groups,d,n,length,config", CASES)
-def test_forward_and_grads_match_reference(triton_scan, batch, groups, d, n, length, config):
-    triton_scan.CONFIG_OVERRIDE.update(config)
+def test_forward_and_grads_match_reference(triton_scan, tiles, batch, groups, d, n, length, config):
+    tiles(**config)
     inputs = make_inputs(batch, groups, d, n, length, device=DEVICE)
     y = triton_scan.forward(*inputs.values(), True)
     grad_y = torch.randn_like(y)
@@ -108,8 +115,8 @@ def test_forward_and_grads_match_reference(triton_scan, batch, groups, d, n, len
 
 
 @kernel_test
-def test_without_softplus(triton_scan):
-    triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+def test_without_softplus(triton_scan, tiles):
+    tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     inputs = make_inputs(1, 2, 3, 2, 10, device=DEVICE)
     inputs["delta"] = inputs["delta"].abs()
     inputs["delta_bias"] = inputs["delta_bias"].abs()
@@ -135,10 +142,10 @@ def test_projection_grad_summed_per_image_or_at_once(triton_scan, monkeypatch):
 
 @kernel_test
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_inputs(triton_scan, dtype):
+def test_low_precision_inputs(triton_scan, tiles, dtype):
     batch, groups, d, n, length = (2, 4, 32, 16, 500) if CUDA else (1, 2, 2, 4, 9)
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     inputs = make_inputs(batch, groups, d, n, length, dtype=dtype, device=DEVICE)
     y = triton_scan.forward(*inputs.values(), True)
     assert y.dtype == dtype
@@ -152,12 +159,17 @@ def test_low_precision_inputs(triton_scan, dtype):
 
 @kernel_test
 def test_float64_falls_back_to_float64_state(triton_scan):
+    """float64 never reaches the kernels: resolution hands "triton" over to the chunked backend (float64 state)."""
+    from vssm import kernels
+    fallback = kernels.resolve_backend("triton", torch.device("cuda"), torch.float64)
+    assert fallback == "chunked" and torch.float64 not in triton_scan.DTYPES
     inputs = make_inputs(1, 2, 2, 3, 7, dtype=torch.float64, device=DEVICE)
-    y = triton_scan.forward(*inputs.values(), True)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    y = kernels.selective_scan(**leaves, backend="triton" if CUDA else fallback)
     grad_y = torch.randn_like(y)
     y_ref, grads_ref = reference_with_grads(inputs, grad_y)
-    assert y.dtype == torch.float64 and rel_err(y, y_ref) < 1e-10
-    for g, g_ref in zip(triton_scan.backward(grad_y, *inputs.values(), True), grads_ref):
+    assert y.dtype == torch.float64 and rel_err(y.detach(), y_ref) < 1e-10
+    for g, g_ref in zip(torch.autograd.grad(y, list(leaves.values()), grad_y), grads_ref):
         assert rel_err(g, g_ref) < 1e-10
 
 
@@ -180,10 +192,9 @@ def test_dispatch_auto_picks_triton_and_autograd_works():
 @cuda_only
 def test_torch_compile_fullgraph():
     from vssm import kernels
-    from vssm.kernels.triton_scan import selective_scan_triton
 
     def step(u, delta, A, B, C, D, bias):
-        return (selective_scan_triton(u, delta, A, B, C, D, bias).float() ** 2).sum()
+        return (kernels.selective_scan(u, delta, A, B, C, D, bias, backend="triton").float() ** 2).sum()
 
     inputs = make_inputs(2, 4, 16, 16, 100, dtype=torch.bfloat16, device="cuda")
     for v in inputs.values():
@@ -199,8 +210,47 @@ def test_torch_compile_fullgraph():
     assert kernels.list_backends().count("triton") == 1
 
 
+def test_launch_config_scopes_overrides_and_rejects_unknown_keys():
+    """Overrides hold inside the block only (inner blocks add to outer ones, an exception restores them); the
+    A/B switch that lost (REVERSE_BY_FLIP) is no key."""
+    ts = pytest.importorskip("vssm.kernels.triton_scan")
+    default = ts.pick_config(16, 196, 24, backward=True)
+    with ts.launch_config(BLOCK_L=8):
+        with ts.launch_config(num_warps=1, PREFETCH=False):
+            assert ts.pick_config(16, 196, 24, backward=True) == {**default, "BLOCK_L": 8, "num_warps": 1,
+                                                                   "PREFETCH": False}
+        assert ts.state_chunk(16, 196, 24) == 8 != default["BLOCK_L"]
+    with pytest.raises(RuntimeError), ts.launch_config(BLOCK_D=1):
+        raise RuntimeError
+    assert ts.pick_config(16, 196, 24, backward=True) == default
+    with pytest.raises(ValueError, match="unknown keys.*REVERSE_BY_FLIP"):
+        with ts.launch_config(REVERSE_BY_FLIP=False):
+            pass
+
+
+@pytest.mark.parametrize("chunk", [0, 8, 32])
+def test_scan2d_fake_follows_the_state_chunk_argument_not_the_launch_config(chunk):
+    """The states the op's fake implementation promises have the shape its ``state_chunk`` argument gives,
+    whatever launch config is in effect when it is traced."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from vssm import scans
+    ts = pytest.importorskip("vssm.kernels.triton_scan")
+    pattern = scans.build("cross")
+    shapes = []
+    with FakeTensorMode():
+        inputs = scan2d_inputs(pattern, 2, 3, 4, 5, 16, torch.float32, "cpu", True)
+        index = torch.empty(4, 20, dtype=torch.int32)
+        for config in ({}, {"BLOCK_L": 16}, {"BLOCK_L": 64}):
+            with ts.launch_config(**config):
+                _, states = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, chunk, None, torch.float32,
+                                                  False)
+            shapes.append(tuple(states.shape))
+    expected = (2 * 12, -(-20 // chunk), 16) if chunk else (0,)
+    assert shapes == [expected] * 3
+
+
 @kernel_test
-def test_compile_traces_custom_op_forward_and_backward(triton_scan, monkeypatch):
+def test_compile_traces_custom_op_forward_and_backward(triton_scan, tiles, monkeypatch):
     """fullgraph torch.compile through vssm::selective_scan and its opaque backward op (no graph break)."""
     import importlib
     from vssm import kernels
@@ -211,7 +261,7 @@ def test_compile_traces_custom_op_forward_and_backward(triton_scan, monkeypatch)
         monkeypatch.setattr(ss, "_BACKENDS", dict(ss._BACKENDS))
         monkeypatch.setattr(ss, "_OPAQUE_BACKWARD", set(ss._OPAQUE_BACKWARD))
         kernels.register_backend(backend, triton_scan.forward, triton_scan.backward)
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     inputs = make_inputs(1, 2, 3, 2, 10, device=DEVICE)
     for v in inputs.values():
         v.requires_grad_(True)
@@ -270,12 +320,12 @@ SCAN2D_CASES = [
 @kernel_test
 @pytest.mark.parametrize("channels_last,save_states", [(True, True), (False, False)])
 @pytest.mark.parametrize("name,options,batch,channels,H,W,n", SCAN2D_CASES)
-def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, channels, H, W, n, channels_last,
+def test_scan2d_matches_flatten_scan_merge(triton_scan, tiles, name, options, batch, channels, H, W, n, channels_last,
                                            save_states):
     """Forward and gradients; the backward either reuses the forward's chunk-start states or recomputes them."""
     from vssm import scans
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name, **options)
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, channels_last)
     index = pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
@@ -285,7 +335,8 @@ def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, ch
     assert y.dtype == torch.float32 and y.shape == y_ref.shape
     assert rel_err(y, y_ref) < 1e-4
     width = inputs["delta"].shape[1]
-    expected = triton_scan.states_shape(batch, width, n, index.shape[1], width // pattern.K) if save_states else (0,)
+    chunk = triton_scan.state_chunk(n, index.shape[1], width // pattern.K)
+    expected = triton_scan.states_shape(batch, width, n, index.shape[1], chunk) if save_states else (0,)
     assert tuple(states.shape) == tuple(expected)
     grads = triton_scan.scan2d_backward(grad_y, *inputs.values(), index, pattern.split_channels, True, states)
     for key, g, g_ref in zip(inputs, grads, grads_ref):
@@ -297,12 +348,12 @@ def test_scan2d_matches_flatten_scan_merge(triton_scan, name, options, batch, ch
 @kernel_test
 @pytest.mark.parametrize("name,options,batch,channels,H,W,n",
                          [case for case in SCAN2D_CASES if case[0] != "atrous"])  # atrous sequences cover a part
-def test_scan2d_per_sequence_maps(triton_scan, name, options, batch, channels, H, W, n):
+def test_scan2d_per_sequence_maps(triton_scan, tiles, name, options, batch, channels, H, W, n):
     """per_sequence: the K outputs each at their positions in a map of their own, stored in the output dtype;
     gradients through the K maps."""
     from vssm import scans
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name, **options)
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
     index = pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
@@ -347,11 +398,11 @@ def test_scan2d_states_at_finer_chunks_than_the_forward(triton_scan):
 ] if not CUDA else [
     ("cross", 96, 56, 56, 1, 6), ("group", 64, 28, 28, 16, 4), ("atrous", 48, 27, 33, 1, 3),
     ("cross", 384, 14, 14, 1, 24)])
-def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
+def test_scan2d_with_dt_projection(triton_scan, tiles, name, channels, H, W, n, rank):
     """dt_proj (K, C_k, R) and the low-rank dt (batch, K, R, L): delta is projected in the op; gradients of both."""
     from vssm import scans
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name)
     batch = 2
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
@@ -384,11 +435,11 @@ def test_scan2d_with_dt_projection(triton_scan, name, channels, H, W, n, rank):
 
 @kernel_test
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_scan2d_low_precision(triton_scan, dtype):
+def test_scan2d_low_precision(triton_scan, tiles, dtype):
     from vssm import scans
     size = (2, 64, 20, 24, 1) if CUDA else (1, 4, 3, 4, 1)
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
     inputs = scan2d_inputs(pattern, *size, dtype, DEVICE, True)
     index = pattern.device_index(size[2], size[3], torch.device(DEVICE), torch.int32)
@@ -401,37 +452,38 @@ def test_scan2d_low_precision(triton_scan, dtype):
         assert g.dtype == dtype and rel_err(g, g_ref) < 2e-2, key
 
 
-def cross_op_inputs(triton_scan, batch, channels, H, W, n):
+def cross_op_inputs(triton_scan, tiles, batch, channels, H, W, n):
     """Inputs of the ``vssm::scan2d`` op for the cross pattern (tiny tiles under the interpreter): the tensors,
-    requiring grad, and the index map."""
+    requiring grad, the index map and the chunk length of the states to store."""
     from vssm import scans
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
     inputs = scan2d_inputs(pattern, batch, channels, H, W, n, torch.float32, DEVICE, True)
     for v in inputs.values():
         v.requires_grad_(True)
-    return inputs, pattern.device_index(H, W, torch.device(DEVICE), torch.int32)
+    return inputs, pattern.device_index(H, W, torch.device(DEVICE), torch.int32), triton_scan.state_chunk(n, H * W,
+                                                                                                        channels)
 
 
 @kernel_test
-def test_scan2d_op_autograd_and_compile(triton_scan):
+def test_scan2d_op_autograd_and_compile(triton_scan, tiles):
     """torch.ops.vssm.scan2d: autograd through the opaque backward op, fullgraph compile without breaks."""
-    inputs, index = cross_op_inputs(triton_scan, 1, 3, 4, 5, 2)
+    inputs, index, chunk = cross_op_inputs(triton_scan, tiles, 1, 3, 4, 5, 2)
 
     def step(*args):
-        return (torch.ops.vssm.scan2d(*args, index, False, True, True, None, torch.float32, False)[0] ** 2).sum()
+        return (torch.ops.vssm.scan2d(*args, index, False, True, chunk, None, torch.float32, False)[0] ** 2).sum()
 
     assert_compiled_matches_eager(step, inputs)
 
 
 @kernel_test
-def test_scan2d_op_16bit_output(triton_scan):
+def test_scan2d_op_16bit_output(triton_scan, tiles):
     """out_dtype bfloat16: the float32 sum of the K outputs rounded once, channels-last; the backward takes the
     bfloat16 gradient and gives what the float32 op gives for that gradient."""
-    inputs, index = cross_op_inputs(triton_scan, 2, 3, 4, 5, 1)
-    y16 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.bfloat16, False)[0]
-    y32 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, True, None, torch.float32, False)[0]
+    inputs, index, chunk = cross_op_inputs(triton_scan, tiles, 2, 3, 4, 5, 1)
+    y16 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, chunk, None, torch.bfloat16, False)[0]
+    y32 = torch.ops.vssm.scan2d(*inputs.values(), index, False, True, chunk, None, torch.float32, False)[0]
     assert y16.dtype == torch.bfloat16 and y16.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(y16, y32.detach().double()) < 1e-2
     grad = torch.randn(y32.shape, device=DEVICE).to(torch.bfloat16)
@@ -443,43 +495,44 @@ def test_scan2d_op_16bit_output(triton_scan):
 
 @kernel_test
 @pytest.mark.parametrize("per_sequence", [False, True])
-def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan, per_sequence):
+def test_scan2d_ops_pass_opcheck_with_strided_inputs(triton_scan, tiles, per_sequence):
     """torch.library.opcheck (schema, fake tensors vs real outputs incl. strides, autograd registration) on
     inputs that are views with unusual strides, as compiled graphs hand them over; summed or per-sequence maps."""
     from vssm import scans
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build("cross")
     inputs = scan2d_inputs(pattern, 2, 3, 4, 5, 1, torch.float32, DEVICE, True)
     K, L = pattern.K, 20
     low = torch.randn(2, K, L, 3, device=DEVICE).transpose(2, 3)  # (b, K, R, L) view, R innermost in memory
     proj = torch.randn(K, 3, 3, device=DEVICE)
     index = pattern.device_index(4, 5, torch.device(DEVICE), torch.int32)
-    args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, True, proj, torch.bfloat16,
+    chunk = triton_scan.state_chunk(1, L, 3)
+    args = (inputs["x"], low, *list(inputs.values())[2:], index, False, True, chunk, proj, torch.bfloat16,
             per_sequence)
     torch.library.opcheck(torch.ops.vssm.scan2d.default, args)
     y, states = torch.ops.vssm.scan2d(*args)
     assert y.dtype == torch.bfloat16 and y.dim() == (5 if per_sequence else 4)
     grad_y = torch.randn(y.shape, device=DEVICE, dtype=y.dtype).transpose(-2, -1).contiguous().transpose(-2, -1)
-    bwd_args = (grad_y, inputs["x"], low, *list(inputs.values())[2:], index, states, False, True, proj)
+    bwd_args = (grad_y, inputs["x"], low, *list(inputs.values())[2:], index, states, chunk, False, True, proj)
     torch.library.opcheck(torch.ops.vssm.scan2d_backward.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
 
 
 @kernel_test
-def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan):
+def test_scan2d_flop_formula_counts_scan_and_projection(triton_scan, tiles):
     """FlopCounterMode sees the fused op: the selective scan's count for K*C_k channels, plus 2*R per step size
     when the op projects the low-rank dt."""
     from torch.utils.flop_counter import FlopCounterMode
     batch, channels, H, W, n, rank = 2, 3, 4, 5, 2, 3
-    inputs, index = cross_op_inputs(triton_scan, batch, channels, H, W, n)
+    inputs, index, _ = cross_op_inputs(triton_scan, tiles, batch, channels, H, W, n)
     K, L = 4, H * W
     scan_flops = 9 * batch * L * K * channels * n + batch * K * channels * L
     low = torch.randn(batch, K, rank, L, device=DEVICE)
     proj = torch.randn(K, channels, rank, device=DEVICE)
     for delta, dt_proj, expected in ((inputs["delta"], None, scan_flops),
                                      (low, proj, scan_flops + 2 * batch * K * channels * rank * L)):
-        args = (inputs["x"], delta, *list(inputs.values())[2:], index, False, True, False, dt_proj, torch.float32,
+        args = (inputs["x"], delta, *list(inputs.values())[2:], index, False, True, 0, dt_proj, torch.float32,
                 False)
         with FlopCounterMode(display=False) as counter:
             torch.ops.vssm.scan2d(*args)
@@ -542,14 +595,14 @@ def run_scan2d(triton_scan, pattern, args, index, dt_proj, grad_y):
 
 @kernel_test
 @pytest.mark.parametrize("name,options,batch,channels,H,W,n,rank", DETERMINISM_CASES)
-def test_scan2d_deterministic_mode(triton_scan, deterministic_algorithms, atomics, name, options, batch, channels,
+def test_scan2d_deterministic_mode(triton_scan, tiles, deterministic_algorithms, atomics, name, options, batch, channels,
                                    H, W, n, rank):
     """With deterministic algorithms on, the fused scan runs without float atomics (counted under the interpreter),
     two runs give bitwise the same output and gradients, in the layouts of the default mode, and these agree with
     the default (atomic) mode within float32 rounding. Without the switch the atomics are used."""
     from vssm import scans
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     pattern = scans.build(name, **options)
     for row in pattern.index_map(H, W):  # what plain stores rely on: a sequence visits a position at most once
         visited = row[row >= 0]
@@ -584,10 +637,10 @@ def test_scan2d_deterministic_mode(triton_scan, deterministic_algorithms, atomic
 
 
 @kernel_test
-def test_selective_scan_has_no_atomics(triton_scan, deterministic_algorithms, atomics):
+def test_selective_scan_has_no_atomics(triton_scan, tiles, deterministic_algorithms, atomics):
     """The 1D kernels write every output once, in either mode: bitwise the same twice with the switch on."""
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     inputs = make_inputs(1, 2, 2, 2, 10, device=DEVICE) if not CUDA else make_inputs(4, 4, 96, 16, 3136, device=DEVICE)
     deterministic_algorithms(True)
     runs = []
@@ -601,19 +654,20 @@ def test_selective_scan_has_no_atomics(triton_scan, deterministic_algorithms, at
 
 @kernel_test
 @pytest.mark.parametrize("name", ["cross", "group"])
-def test_scan2d_op_deterministic_fake_layouts(triton_scan, deterministic_algorithms, name):
+def test_scan2d_op_deterministic_fake_layouts(triton_scan, tiles, deterministic_algorithms, name):
     """opcheck of the ops in deterministic mode: the fake implementations still describe the outputs."""
     from vssm import scans
     if not CUDA:
-        triton_scan.CONFIG_OVERRIDE.update(BLOCK_D=2, BLOCK_L=8, num_warps=1)
+        tiles(BLOCK_D=2, BLOCK_L=8, num_warps=1)
     deterministic_algorithms(True)
     pattern = scans.build(name)
     inputs = scan2d_inputs(pattern, 1, 4, 2, 3, 1, torch.float32, DEVICE, False)
     index = pattern.device_index(2, 3, torch.device(DEVICE), torch.int32)
-    args = (*inputs.values(), index, pattern.split_channels, True, True, None, torch.bfloat16, False)
+    chunk = triton_scan.state_chunk(1, pattern.sequence_length(2, 3), pattern.channels_per_sequence(4))
+    args = (*inputs.values(), index, pattern.split_channels, True, chunk, None, torch.bfloat16, False)
     torch.library.opcheck(torch.ops.vssm.scan2d.default, args, test_utils=("test_schema", "test_faketensor"))
     y, states = torch.ops.vssm.scan2d(*args)
-    bwd_args = (torch.randn(y.shape, device=DEVICE).to(y.dtype), *inputs.values(), index, states,
+    bwd_args = (torch.randn(y.shape, device=DEVICE).to(y.dtype), *inputs.values(), index, states, chunk,
                 pattern.split_channels, True, None)
     torch.library.opcheck(torch.ops.vssm.scan2d_backward.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))

@@ -68,6 +68,8 @@ def test_triton_is_the_cuda_choice():
     assert "triton" in kernels.list_ssd_backends("noncausal")
     assert resolve_ssd_backend("noncausal", "auto", torch.device("cuda")) == "triton"
     assert resolve_ssd_backend("noncausal", "auto", torch.device("cpu")) == "chunked"
+    for backend in ("auto", "triton"):  # float64 resolves to the PyTorch backend (float64 state)
+        assert resolve_ssd_backend("noncausal", backend, torch.device("cuda"), torch.float64) == "chunked"
     with pytest.raises(ValueError, match="runs on cuda tensors"):
         kernels.ssd_noncausal(**{k: v.cpu() for k, v in make_inputs_cpu().items()}, backend="triton")
 

@@ -187,7 +187,7 @@ def sweep_scan(args):
 
 def sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n_state):
     """Time ``fwd`` / ``bwd`` (closures over Triton launches) for each (BLOCK_D, BLOCK_L, warps[, prefetch])
-    in ``vssm.kernels.triton_scan.CONFIG_OVERRIDE``; print the ``--top`` fastest of each with % of roofline."""
+    under ``vssm.kernels.triton_scan.launch_config``; print the ``--top`` fastest of each with % of roofline."""
     import triton
     import triton.testing
     from vssm.kernels import triton_scan as ts
@@ -199,21 +199,19 @@ def sweep_configs(args, fwd, bwd, fwd_bytes, bwd_bytes, n_state):
         per_thread = bd * np2 * bl // (32 * w)
         if not 2 <= per_thread <= 16 or (np2 == 1 and bl < 32) or (np2 > 1 and bl > 128):
             continue
-        ts.CONFIG_OVERRIDE.clear()
-        ts.CONFIG_OVERRIDE.update(BLOCK_D=bd, BLOCK_L=bl, num_warps=w)
         try:
             if per_thread >= 4 and "fwd" in args.sweep_kernels:
-                t = triton.testing.do_bench(fwd, warmup=10, rep=40, return_mode="median")
+                with ts.launch_config(BLOCK_D=bd, BLOCK_L=bl, num_warps=w):
+                    t = triton.testing.do_bench(fwd, warmup=10, rep=40, return_mode="median")
                 results.append(("fwd", bd, bl, w, "-", t, 100 * fwd_bytes / hbm / 1e6 / t))
             if per_thread <= 8 and "bwd" in args.sweep_kernels:
                 for prefetch in (False, True):
-                    ts.CONFIG_OVERRIDE["PREFETCH"] = prefetch
-                    t = triton.testing.do_bench(bwd, warmup=10, rep=40, return_mode="median")
+                    with ts.launch_config(BLOCK_D=bd, BLOCK_L=bl, num_warps=w, PREFETCH=prefetch):
+                        t = triton.testing.do_bench(bwd, warmup=10, rep=40, return_mode="median")
                     results.append(("bwd", bd, bl, w, "P" if prefetch else "-", t,
                                     100 * bwd_bytes / hbm / 1e6 / t))
         except Exception as e:  # noqa: BLE001 - a config the compiler rejects (registers, shared memory)
             print(f"config {bd} {bl} {w}: {type(e).__name__}: {str(e)[:100]}")
-    ts.CONFIG_OVERRIDE.clear()
     for kind in ("fwd", "bwd"):
         best = sorted((r for r in results if r[0] == kind), key=lambda r: r[5])[: args.top]
         for r in best:
