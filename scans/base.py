@@ -105,7 +105,7 @@ class ScanPattern:
     def merge(self, y: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """``(B, K, C_k, L)`` -> ``(B, C, H, W)``: each token's output added back at its position."""
         H, W = size
-        index = self._sequences_index(y, size, "merge")
+        self._sequences_index(y, size, "merge")  # checks the shape
         batch, _, c_k, length = y.shape
         if self.split_channels:
             return self.scatter(y, size).reshape(batch, self.K * c_k, H, W)

@@ -11,7 +11,7 @@ import torch
 from _helpers import create_meta, load_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 from vssm import scans
-import vssm
+import vssm  # noqa: F401  (registers the models)
 from vssm import CheckpointMismatchError
 from vssm.efficientvmamba import EfficientVMamba, checkpoint_filter_fn
 
@@ -114,8 +114,10 @@ def check_mapping(official, ours):
         sorted(float(v.flatten()[0]) for v in ours.values())
     torch.testing.assert_close(ours["stem.proj.weight"], official["patch_embed.0.weight"])
     torch.testing.assert_close(ours["head.fc.weight"], official["classifier.head.weight"])
-    torch.testing.assert_close(ours["stages.1.downsample.reduction.weight"], official["layers.0.downsample.reduction.weight"])
-    torch.testing.assert_close(ours["stages.0.blocks.1.gate.fc2.weight"], official["layers.0.blocks.1.se.channel_select.weight"])
+    torch.testing.assert_close(ours["stages.1.downsample.reduction.weight"],
+                               official["layers.0.downsample.reduction.weight"])
+    torch.testing.assert_close(ours["stages.0.blocks.1.gate.fc2.weight"],
+                               official["layers.0.blocks.1.se.channel_select.weight"])
     torch.testing.assert_close(ours["stages.2.blocks.0.conv_pw.weight"], official["layers.2.1.conv_pw.0.weight"])
     torch.testing.assert_close(ours["stages.3.blocks.1.bn3.running_var"], official["layers.3.2.conv_pw2.1.running_var"])
     depth2 = max(int(m.group(1)) for k in official for m in [re.match(r"layers\.2\.(\d+)\.conv", k)] if m)
@@ -188,7 +190,8 @@ def test_checkpoint_errors_name_keys():
     assert "unexpected keys (1): layers.2.5.conv_pw.0.weight" in msg
     # the repository-yaml (dims 96) small checkpoint does not fit the paper's dims-64 small
     d96 = synthetic_official_checkpoint("efficient_vmamba_small")
-    with pytest.raises(CheckpointMismatchError, match=r"stem\.proj\.weight checkpoint \(96, 3, 4, 4\) vs model \(64, 3, 4, 4\)"):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"stem\.proj\.weight checkpoint \(96, 3, 4, 4\) vs model \(64, 3, 4, 4\)"):
         checkpoint_filter_fn(d96, create_meta("efficient_vmamba_small"))
 
 

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import timm
-import torch
 
 from _helpers import load_tool
 

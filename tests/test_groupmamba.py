@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from _helpers import n_params, read_key_file, synthetic_official_state_dict
 
 from vssm import scans
-import vssm
+import vssm  # noqa: F401  (registers the models)
 from vssm import CheckpointMismatchError
 from vssm.engine.distill import DistillationLoss, build_teacher, split_outputs
 from vssm.groupmamba import GroupMamba, GroupedLinear, checkpoint_filter_fn

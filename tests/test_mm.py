@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("mmengine")
 
-import vssm.mm  # noqa: E402  (applies the compat fixes, registers the adapter)
+import vssm.mm  # noqa: E402, F401  (applies the compat fixes, registers the adapter)
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 

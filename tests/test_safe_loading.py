@@ -67,7 +67,8 @@ def test_train_resume_refuses(crafted, tmp_path, capsys):
 def test_train_pretrained_refuses(crafted, tmp_path, capsys):
     path, marker = crafted
     with pytest.raises(SystemExit) as exc:
-        T.main(["--model", "vmamba_nano", "--synthetic", "--pretrained", str(path), "--epochs", "1", "--warmup-epochs", "0",
+        T.main(["--model", "vmamba_nano", "--synthetic", "--pretrained", str(path), "--epochs", "1",
+                "--warmup-epochs", "0",
                 "--output", str(tmp_path / "out"), "--no-progress", "--no-plot", "--workers", "0"])
     assert exc.value.code == 2
     err = capsys.readouterr().err

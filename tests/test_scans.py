@@ -145,7 +145,8 @@ def test_window_order_matches_localmamba():
 
 def test_atrous_order_matches_efficientvmamba():
     P = PAD
-    assert grid_tokens(scans.build("atrous", step=2), 4, 4) == [[0, 2, 8, 10], [4, 12, 6, 14], [1, 3, 9, 11], [5, 13, 7, 15]]
+    assert grid_tokens(scans.build("atrous", step=2), 4, 4) == [[0, 2, 8, 10], [4, 12, 6, 14], [1, 3, 9, 11],
+                                                                 [5, 13, 7, 15]]
     assert grid_tokens(scans.build("atrous", step=2), 3, 5) == [
         [0, 2, 4, 10, 12, 14], [5, P, 7, P, 9, P], [1, 3, P, 11, 13, P], [6, P, 8, P, P, P]]
 

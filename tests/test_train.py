@@ -64,7 +64,7 @@ def test_end_to_end_outputs_and_learning(run_a):
         assert (run_a / name).is_file(), name
     steps = _steps(run_a)
     assert [s for s, _ in steps] == list(range(1, 9))
-    losses = [l for _, l in steps]
+    losses = [loss for _, loss in steps]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses        # training loss goes down
     hist = json.loads((run_a / "metrics.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
@@ -76,7 +76,8 @@ def test_end_to_end_outputs_and_learning(run_a):
         assert k in ck, k
     assert ck["epoch"] == 2 and ck["step"] == 8
     # effective config round-trips
-    saved = C.build_config(base=C.merge(C.DEFAULTS, __import__("yaml").safe_load((run_a / "config.yaml").read_text()), "t"))
+    recipe = __import__("yaml").safe_load((run_a / "config.yaml").read_text())
+    saved = C.build_config(base=C.merge(C.DEFAULTS, recipe, "t"))
     assert saved == ck["config"]
 
 
@@ -104,7 +105,7 @@ def test_resume_is_exact(run_a, tmp_path):
     b_steps = _steps(out)
     assert b_steps[0][0] == 5                                         # the next step after the checkpoint
     a_steps = dict(_steps(run_a))
-    assert all(a_steps[s] == l for s, l in b_steps), (b_steps, a_steps)
+    assert all(a_steps[s] == loss for s, loss in b_steps), (b_steps, a_steps)
     a, b = load(str(run_a / "last.pth")), load(str(out / "last.pth"))
     for part in ("model", "state_dict_ema"):
         for k in a[part]:

@@ -16,7 +16,8 @@ import torch
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available() and not INTERPRET
 DEVICE = "cuda" if CUDA else ("cpu" if INTERPRET else None)
-kernel_test = pytest.mark.skipif(DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1 (see test_cpu_under_triton_interpreter)")
+kernel_test = pytest.mark.skipif(DEVICE is None,
+                                 reason="needs CUDA or TRITON_INTERPRET=1 (see test_cpu_under_triton_interpreter)")
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 
 
@@ -595,8 +596,8 @@ def run_scan2d(triton_scan, pattern, args, index, dt_proj, grad_y):
 
 @kernel_test
 @pytest.mark.parametrize("name,options,batch,channels,H,W,n,rank", DETERMINISM_CASES)
-def test_scan2d_deterministic_mode(triton_scan, tiles, deterministic_algorithms, atomics, name, options, batch, channels,
-                                   H, W, n, rank):
+def test_scan2d_deterministic_mode(triton_scan, tiles, deterministic_algorithms, atomics, name, options, batch,
+                                   channels, H, W, n, rank):
     """With deterministic algorithms on, the fused scan runs without float atomics (counted under the interpreter),
     two runs give bitwise the same output and gradients, in the layouts of the default mode, and these agree with
     the default (atomic) mode within float32 rounding. Without the switch the atomics are used."""

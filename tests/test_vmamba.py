@@ -10,7 +10,7 @@ import torch
 from _helpers import create_meta, load_tool, n_params, read_key_file, synthetic_official_checkpoint
 
 from vssm import scans
-import vssm
+import vssm  # noqa: F401  (registers the models)
 from vssm import CheckpointMismatchError
 from vssm.vmamba import checkpoint_filter_fn
 

@@ -11,13 +11,13 @@ from ._checkpoint import (CheckpointMismatchError, UnsafeCheckpointError, load_c
                           match_state_dict, unwrap_state_dict)
 from . import vmamba
 from .vmamba import VMamba
-from . import groupmamba  # noqa: E402  (GroupMamba family, issue 6)
-from . import efficientvmamba  # noqa: E402  (EfficientVMamba family, issue 5)
-from . import localmamba  # noqa: E402  (LocalMamba family, issue 4)
-from . import mambavision  # noqa: E402  (MambaVision family, issue 17)
-from . import vim  # noqa: E402  (Vim family, issue 19)
-from . import mamband  # noqa: E402  (Mamba-ND family, issue 19)
-from . import vssd  # noqa: E402  (VSSD family, issue 18)
+from . import groupmamba  # noqa: F401  (registers the GroupMamba models, issue 6)
+from . import efficientvmamba  # noqa: F401  (registers the EfficientVMamba models, issue 5)
+from . import localmamba  # noqa: F401  (registers the LocalMamba models, issue 4)
+from . import mambavision  # noqa: F401  (registers the MambaVision models, issue 17)
+from . import vim  # noqa: F401  (registers the Vim models, issue 19)
+from . import mamband  # noqa: F401  (registers the Mamba-ND models, issue 19)
+from . import vssd  # noqa: F401  (registers the VSSD models, issue 18)
 
 _torch.serialization.add_safe_globals(official_file_globals())
 

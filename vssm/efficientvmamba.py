@@ -25,8 +25,8 @@ Variants (ImageNet-1k, 224x224):
   * ``efficient_vmamba_base``: dims 96, depths 2-2-9-2, 33.72M params, 3.95G FLOPs, 81.8 top-1.
 
 The model is a :class:`vssm._backbone.StagedBackbone` (the timm API of every staged family:
-``forward_intermediates``, ``features_only``, ``prune_intermediate_layers``, grad checkpointing, ...). Tokens are channels-last
-``(B, H, W, C)``; the convolutional stages convert to ``NCHW`` internally.
+``forward_intermediates``, ``features_only``, ``prune_intermediate_layers``, grad checkpointing, ...). Tokens are
+channels-last ``(B, H, W, C)``; the convolutional stages convert to ``NCHW`` internally.
 """
 from __future__ import annotations
 

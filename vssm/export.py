@@ -19,7 +19,7 @@ import argparse
 import difflib
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -143,7 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"vssm-export: {args.model} cannot take a {height}x{width} input: {err}") from None
     output = args.output or f"{args.model}.onnx"
     export_onnx(model, output, sample, dynamic_batch=not args.static_batch)
-    print(f"wrote {output} ({os.path.getsize(output) / 2**20:.1f} MiB): input (batch{'' if args.static_batch else '*'}, "
+    batch = "batch" if args.static_batch else "batch*"
+    print(f"wrote {output} ({os.path.getsize(output) / 2**20:.1f} MiB): input ({batch}, "
           f"{chans}, {height}, {width}){'' if args.static_batch else ', * dynamic'}")
     if args.no_check:
         return 0

@@ -66,7 +66,8 @@ class GroupedLinear(nn.Module):
         super().__init__()
         if out_per_group % split_out:
             raise ValueError(f"out_per_group {out_per_group} is not divisible by split_out {split_out}")
-        self.groups, self.in_per_group, self.out_per_group, self.split_out = groups, in_per_group, out_per_group, split_out
+        self.groups, self.in_per_group, self.out_per_group = groups, in_per_group, out_per_group
+        self.split_out = split_out
         self.weight = nn.Parameter(torch.empty(groups * out_per_group, in_per_group))
         trunc_normal_(self.weight, std=0.02)
 
@@ -282,7 +283,8 @@ class GroupMambaStem(nn.Module):
     def __init__(self, in_chans: int, hidden: int, out_dim: int):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(in_chans, hidden, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(in_chans, hidden, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
         )

@@ -224,10 +224,11 @@ _RULES = [
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MambaND) -> Dict[str, torch.Tensor]:
     """Map an official Mamba-ND checkpoint (mmengine ``{'state_dict': sd, 'meta': ...}``, the bare mmpretrain
-    classifier state dict, or its backbone without the ``backbone.`` prefix) onto ``model``: prefixes and names, the patch-merging features into our order, the
-    position embedding resampled if the model's grid differs. A state dict already in vssm layout passes
-    through the same key check (:class:`vssm.CheckpointMismatchError` names missing / unexpected / mis-shaped
-    keys; the classifier and the patch conv's input channels are left to timm's adaptation)."""
+    classifier state dict, or its backbone without the ``backbone.`` prefix) onto ``model``: prefixes and names,
+    the patch-merging features into our order, the position embedding resampled if the model's grid differs. A
+    state dict already in vssm layout passes through the same key check (:class:`vssm.CheckpointMismatchError`
+    names missing / unexpected / mis-shaped keys; the classifier and the patch conv's input channels are left to
+    timm's adaptation)."""
     out = {}
     for k, v in unwrap_state_dict(state_dict).items():
         if ".down_sample_layer." in k:  # official (unfold-ordered) merging features

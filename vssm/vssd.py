@@ -34,7 +34,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import ConvNormAct, register_notrace_function
 from timm.models import generate_default_cfgs, register_model
 

@@ -17,8 +17,9 @@ timm's own EfficientViM (``efficientvim_m1`` .. ``efficientvim_m4``, ``*_dist``)
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -53,6 +54,18 @@ def _head_modules(model: nn.Module) -> Tuple[str, ...]:
     """Top-level modules of the timm model that only the classification head uses (forward_intermediates with
     norm=False never touches them): the family's ``head_modules``."""
     return tuple(getattr(model, "head_modules", ("norm", "head")))
+
+
+def _checkpoint_filter(model: nn.Module) -> Optional[Callable[[dict], dict]]:
+    """The mapping of official files onto ``model``: a vssm family's ``checkpoint_filter`` hook, or the
+    ``checkpoint_filter_fn`` of a timm family of :data:`_TIMM_FAMILIES`; None for neither."""
+    if hasattr(model, "checkpoint_filter"):
+        return model.checkpoint_filter
+    if type(model).__module__ in _TIMM_FAMILIES:
+        filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            return lambda state_dict: filter_fn(state_dict, model)
+    return None
 
 
 def _trunk_names(model: nn.Module) -> Tuple[str, str]:
@@ -313,10 +326,8 @@ def load_backbone_checkpoint(backbone: VSSMBackbone, path: str, prefix: Optional
     if dense:  # an official dense backbone: output norms outnorm{i}, no final norm / classifier
         out_norm_sd.update({_OFFICIAL_OUT_NORM.sub(r"out_norms.\1.", k): model_sd.pop(k) for k in dense})
     with _without_head(backbone.model) if dense else contextlib.nullcontext(backbone.model) as model:
-        if hasattr(model, "checkpoint_filter"):
-            model_sd = model.checkpoint_filter(model_sd)
-        else:
-            model_sd = match_state_dict(model_sd, model)
+        filter_fn = _checkpoint_filter(model)
+        model_sd = filter_fn(model_sd) if filter_fn is not None else match_state_dict(model_sd, model)
         target = model.state_dict()
         # the classifier is not part of the backbone; timm's filters keep it, we drop it
         model_sd = {k: v for k, v in model_sd.items() if k in target}
