@@ -190,7 +190,7 @@ def _sequential_no_grad(u, delta, A, B, C, D, delta_bias, delta_softplus):
     x_s = steps_first((dt * u32).view(batch, groups, d, length))
     b_s, c_s = steps_first(B.to(cdt)).transpose(-1, -2), steps_first(C.to(cdt))  # (L, b, G, N, 1), (L, b, G, 1, N)
     a = A.to(cdt).view(groups, d, n_state).transpose(-1, -2).contiguous()  # (G, N, D)
-    S = max(1, min(length, STEP_BLOCK // (batch * channels * n_state)))
+    S = max(1, min(length, STEP_BLOCK // max(1, batch * channels * n_state)))  # an empty batch: one block
     decay = torch.empty(S, batch, groups, n_state, d, dtype=cdt, device=u.device)
     h = torch.empty_like(decay)
     carry = torch.zeros_like(h[0])  # the state before the block

@@ -288,33 +288,11 @@ def test_seg_loss_and_predict():
     _mm()
     pytest.importorskip("mmseg")
     from mmengine.config import Config
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    from test_mm import _build
+    from test_mm import _build, check_seg_loss_and_predict
     cfg = Config.fromfile(os.path.join(REPO, SEG))
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.model_kwargs = dict(_SMALL)
     cfg.model.neck.in_channels = list(_SMALL["embed_dim"])
     h, w = 96, 128
     cfg.model.data_preprocessor.size = (h, w)
-    model = _build(cfg.model, "mmseg")
-    img = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
-    seg = torch.zeros(1, h, w, dtype=torch.long)
-    seg[:, :, w // 2:] = 5
-
-    def sample():
-        s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        s.gt_sem_seg = PixelData(data=seg.clone())
-        return s
-
-    model.train()
-    data = model.data_preprocessor(dict(inputs=[img, img.flip(-1)], data_samples=[sample(), sample()]), True)
-    losses = model(**data, mode="loss")
-    assert torch.isfinite(losses["decode.loss_ce"])
-    losses["decode.loss_ce"].backward()
-    assert not [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
-    model.eval()
-    with torch.no_grad():
-        data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample()]), False)
-        (pred,) = model(**data, mode="predict")
-    assert tuple(pred.pred_sem_seg.data.shape) == (1, h, w) and tuple(pred.seg_logits.data.shape) == (150, h, w)
+    check_seg_loss_and_predict(_build(cfg.model, "mmseg"), h, w, ("decode.loss_ce",))

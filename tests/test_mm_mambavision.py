@@ -21,7 +21,8 @@ from vssm import CheckpointMismatchError  # noqa: E402
 from vssm.mm import VSSMBackbone, load_backbone_checkpoint  # noqa: E402
 
 from _helpers import synthetic_official_state_dict  # noqa: E402
-from test_mm import _build, _check_config, _det_sample  # noqa: E402  (the shared config / sample helpers)
+from test_mm import (_build, _check_config, _det_sample,  # noqa: E402  (the shared config / sample helpers)
+                     check_seg_loss_and_predict)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -132,8 +133,6 @@ def test_det_loss_and_predict():
 
 def test_seg_loss_and_predict():
     pytest.importorskip("mmseg")
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
     cfg = Config.fromfile(SEG[[_size(p) for p in SEG].index("tiny")])
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.model_kwargs = _MICRO
@@ -141,28 +140,7 @@ def test_seg_loss_and_predict():
     cfg.model.auxiliary_head.in_channels = 32
     h, w = 96, 128
     cfg.model.data_preprocessor.size = (h, w)
-    model = _build(cfg.model, "mmseg")
-    img = torch.randint(0, 255, (3, h, w), dtype=torch.uint8)
-    seg = torch.zeros(1, h, w, dtype=torch.long)
-    seg[:, :, w // 2:] = 5
-
-    def sample():
-        s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        s.gt_sem_seg = PixelData(data=seg.clone())
-        return s
-
-    model.train()
-    data = model.data_preprocessor(dict(inputs=[img, img.flip(-1)], data_samples=[sample(), sample()]), True)
-    losses = model(**data, mode="loss")
-    total = losses["decode.loss_ce"] + losses["aux.loss_ce"]
-    assert torch.isfinite(total)
-    total.backward()
-    assert not [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
-    model.eval()
-    with torch.no_grad():
-        data = model.data_preprocessor(dict(inputs=[img], data_samples=[sample()]), False)
-        (pred,) = model(**data, mode="predict")
-    assert tuple(pred.pred_sem_seg.data.shape) == (1, h, w) and tuple(pred.seg_logits.data.shape) == (150, h, w)
+    check_seg_loss_and_predict(_build(cfg.model, "mmseg"), h, w, ("decode.loss_ce", "aux.loss_ce"))
 
 
 # ---- official checkpoints ----------------------------------------------------------------------------------
