@@ -1,7 +1,7 @@
 """tools/benchmark.py's CPU model mode, run as a user runs it (a subprocess, so a hang fails the test instead of
 stalling the suite): any timm names, the ConvNeXt references always timed, the table's ratios consistent with its
 own columns, GFLOPs equal to tools/flops.py's, and the peak-memory child (forked after torch's thread pool ran)
-coming back with a figure."""
+coming back with a figure. VSSD (no scan backend option) runs beside the scan families."""
 import os
 import subprocess
 import sys
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def table():
     cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "model", "--device", "cpu", "--models",
-           "vmamba_nano,resnet10t", "--img", "64", "--rounds", "1", "--calls", "2", "--train-batch", "2",
+           "vmamba_nano,vssd_micro,resnet10t", "--img", "64", "--rounds", "1", "--calls", "2", "--train-batch", "2",
            "--train-img", "32", "--threads", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -37,7 +37,7 @@ def table():
 
 
 def test_every_model_and_both_references_get_a_row(table):
-    assert set(table) == {"vmamba_nano", "resnet10t", "convnext_tiny", "convnext_atto"}
+    assert set(table) == {"vmamba_nano", "vssd_micro", "resnet10t", "convnext_tiny", "convnext_atto"}
     for name, row in table.items():
         assert row["p50"] > 0 and row["p90"] >= row["p50"] * 0.999 and row["train_ms"] > 0, name
         assert row["peak"] > 0, name  # the forked child measured and reported

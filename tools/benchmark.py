@@ -520,7 +520,7 @@ def bench_models_cpu(args):
     for name in names:
         timm_name, kwargs = builds[name]
         torch.manual_seed(0)
-        model = timm.create_model(timm_name, **kwargs).eval()
+        model = _create_cpu_model(timm_name, kwargs).eval()
         models[name] = model
         if timm_name not in counted:  # the count does not depend on the scan backend
             counted[timm_name] = tuple(_cpu_gflops(timm_name, size, batch) for size, batch in (
@@ -528,7 +528,7 @@ def bench_models_cpu(args):
         gflops[name], train_gflops[name] = counted[timm_name]
         if not args.train_batch:
             continue
-        train_model = timm.create_model(timm_name, **kwargs).train()
+        train_model = _create_cpu_model(timm_name, kwargs).train()
         opt = torch.optim.SGD(train_model.parameters(), lr=1e-3)
 
         def step(m=train_model, opt=opt):
@@ -583,6 +583,18 @@ def bench_models_cpu(args):
               f"{1e3 / np.mean(latency[n]):7.2f} {ms_gf:9.1f} {ms_gf / ref_gf:6.2f} {t50[n]:9.0f} {tr_gf:9.1f} "
               f"{tr_gf / tref_gf:6.2f} {peak[n]:9.0f}  {ref}")
     return dict(p50=p50, train=t50, gflops=gflops, train_gflops=train_gflops, peak=peak)
+
+
+def _create_cpu_model(name: str, kwargs: dict):
+    """``timm.create_model``; a vssm model without a ``scan_backend`` option (VSSD runs the SSD operator) is built
+    without it."""
+    import timm
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        if "scan_backend" not in kwargs or "scan_backend" not in str(err):
+            raise
+        return timm.create_model(name, **{k: v for k, v in kwargs.items() if k != "scan_backend"})
 
 
 def _cpu_gflops(name: str, size: int, batch: int) -> float:
